@@ -1,0 +1,52 @@
+// Every fastcg op schema, nothing else. Kernels register per device in csrc/cpu and csrc/cuda;
+// Python adds fake (meta) kernels and autograd in fastcg/ops.
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing fastcg._C from Python only needs a module object; the ops register statically.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastcg, m) {
+  // normalization: "component" | "norm" | "integral" (e3nn's names)
+  m.def("spherical_harmonics(Tensor vectors, int lmax, bool normalize, str normalization) -> Tensor");
+  m.def(
+      "spherical_harmonics_backward(Tensor grad_sh, Tensor vectors, int lmax, bool normalize, "
+      "str normalization) -> Tensor");
+  // (grad of grad_sh, grad of vectors) given the cotangent of spherical_harmonics_backward's output
+  m.def(
+      "spherical_harmonics_double_backward(Tensor grad_grad_vectors, Tensor grad_sh, Tensor vectors, "
+      "int lmax, bool normalize, str normalization) -> (Tensor, Tensor)");
+
+  // Descriptor tensors (see fastcg/descriptor.py): paths int64 [P, 13], cg_index int64 [NNZ, 3],
+  // cg_value float64 [NNZ] (CG entry times the path's normalisation constant).
+  m.def(
+      "tensor_product(Tensor x1, Tensor x2, Tensor weights, Tensor paths, Tensor cg_index, "
+      "Tensor cg_value, int dim_out) -> Tensor");
+  m.def(
+      "tensor_product_backward(Tensor grad_out, Tensor x1, Tensor x2, Tensor weights, Tensor paths, "
+      "Tensor cg_index, Tensor cg_value, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  m.def(
+      "conv(Tensor x, Tensor edge_attr, Tensor weights, Tensor src, Tensor dst, int num_nodes, "
+      "Tensor paths, Tensor cg_index, Tensor cg_value, int dim_out) -> Tensor");
+  m.def(
+      "conv_backward(Tensor grad_out, Tensor x, Tensor edge_attr, Tensor weights, Tensor src, "
+      "Tensor dst, Tensor paths, Tensor cg_index, Tensor cg_value, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+
+  m.def("scatter_sum(Tensor src, Tensor index, int dim_size) -> Tensor");
+
+  // Linear paths int64 [P, 6]: (mul_in, mul_out, ir_dim, off_in, off_out, w_off), path_coeff
+  // float64 [P]. weights [numel] shared, or [S, numel] with species[B] picking a row per sample.
+  m.def(
+      "linear(Tensor x, Tensor weights, Tensor? species, Tensor paths, Tensor path_coeff, "
+      "int dim_out) -> Tensor");
+  m.def(
+      "linear_backward(Tensor grad_out, Tensor x, Tensor weights, Tensor? species, Tensor paths, "
+      "Tensor path_coeff, bool[2] output_mask) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,42 @@
+"""Thin helpers over ``e3nn.o3.Irreps`` (accept strings or Irreps).
+
+e3nn is imported lazily, and with the flag e3nn 0.4.4 needs to load its constants on
+torch >= 2.6, so users never have to set ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+from typing import Any
+
+
+@functools.cache
+def o3() -> ModuleType:
+    """Return ``e3nn.o3``, importing it so that e3nn 0.4.4 works on torch >= 2.6."""
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    old = os.environ.get(key)
+    os.environ[key] = "1"  # e3nn 0.4.4 torch.load()s a pickled constants file at import
+    try:
+        from e3nn import o3 as module
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
+    return module
+
+
+def irreps(value: Any):
+    """``e3nn.o3.Irreps(value)``; accepts a string, an Irreps or a list of (mul, ir)."""
+    return o3().Irreps(value)
+
+
+def offsets(value: Any) -> list[int]:
+    """Start of each (mul, ir) block in the flattened ``mul_ir`` layout."""
+    out, start = [], 0
+    for mul, ir in irreps(value):
+        out.append(start)
+        start += mul * ir.dim
+    return out

@@ -1,0 +1,63 @@
+"""Input checks run once at the op boundary (TorchScript-compatible)."""
+
+import torch
+from torch import Tensor
+
+
+def compiling() -> bool:
+    """True while torch.compile traces: value checks that need a host sync are skipped there."""
+    if torch.jit.is_scripting():
+        return False
+    return torch.compiler.is_compiling()
+
+
+def check_float(t: Tensor, name: str) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def check_same(t: Tensor, ref: Tensor, name: str, ref_name: str) -> None:
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def check_last_dim(t: Tensor, size: int, name: str) -> None:
+    if t.dim() == 0 or t.shape[-1] != size:
+        raise ValueError(f"{name} must have last dimension {size}, got shape {list(t.shape)}")
+
+
+def check_dims(t: Tensor, dims: int, name: str) -> None:
+    if t.dim() != dims:
+        raise ValueError(f"{name} must be {dims}-D, got shape {list(t.shape)}")
+
+
+def check_index(index: Tensor, name: str, size: int, ref: Tensor, size_name: str) -> Tensor:
+    """Validate an index tensor against [0, size) and return it as contiguous int64."""
+    if index.dtype != torch.int64 and index.dtype != torch.int32:
+        raise TypeError(f"{name} must be an int64 or int32 tensor, got {index.dtype}")
+    if index.device != ref.device:
+        raise ValueError(f"{name} is on {index.device} but the features are on {ref.device}")
+    if index.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {list(index.shape)}")
+    if index.numel() > 0 and not compiling():
+        lo = int(index.min())
+        hi = int(index.max())
+        if lo < 0:
+            raise IndexError(f"{name} contains a negative index ({lo})")
+        if hi >= size:
+            raise IndexError(f"{name} contains index {hi}, out of range for {size_name}={size}")
+    return index.to(torch.int64).contiguous()
+
+
+def check_weights(w: Tensor | None, numel: int, like: Tensor, name: str) -> Tensor:
+    """Weights as [numel] (shared) or [..., numel]; None only when the op has no weights."""
+    if w is None:
+        if numel != 0:
+            raise ValueError(f"{name} is None but the descriptor needs {numel} weights")
+        return like.new_empty(0)
+    check_float(w, name)
+    check_same(w, like, name, "the features")
+    check_last_dim(w, numel, name)
+    return w

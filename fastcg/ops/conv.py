@@ -1,0 +1,126 @@
+"""conv: fused gather + tensor product + scatter over edges, with its autograd."""
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from ..backend import use_reference
+from ..descriptor import TPDescriptor
+from ._checks import check_dims, check_float, check_index, check_last_dim, check_same, check_weights
+from ._trilinear import double_backward, present
+
+
+def conv_tables(
+    x: Tensor, edge_attr: Tensor, weights: Tensor | None, src: Tensor, dst: Tensor,
+    num_nodes: int, paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim1: int, dim2: int,
+    dim_out: int, weight_numel: int,
+) -> Tensor:  # fmt: skip
+    """Fused convolution from descriptor tables (what ``fastcg.nn`` modules call; scriptable)."""
+    check_float(x, "x")
+    check_same(edge_attr, x, "edge_attr", "x")
+    check_dims(x, 2, "x")
+    check_dims(edge_attr, 2, "edge_attr")
+    check_last_dim(x, dim1, "x")
+    check_last_dim(edge_attr, dim2, "edge_attr")
+    if num_nodes < 0:
+        raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
+    num_edges = edge_attr.shape[0]
+    for t, name in ((src, "src"), (dst, "dst")):
+        if t.dim() != 1 or t.shape[0] != num_edges:
+            raise ValueError(f"{name} must have shape [{num_edges}] (edges), got {list(t.shape)}")
+    src = check_index(src, "src", x.shape[0], x, "x.shape[0]")
+    dst = check_index(dst, "dst", num_nodes, x, "num_nodes")
+    w = check_weights(weights, weight_numel, x, "weights")
+    if w.dim() > 1 and (w.dim() != 2 or w.shape[0] != num_edges):
+        raise ValueError(f"weights must be [{weight_numel}] or [{num_edges}, {weight_numel}]")
+    x, edge_attr, w = x.contiguous(), edge_attr.contiguous(), w.contiguous()
+    cg_value = cg_value.to(torch.float64)
+    if not torch.jit.is_scripting() and use_reference(x.is_cuda):
+        return _reference(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out)
+    op = torch.ops.fastcg.conv
+    return op(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out)
+
+
+@torch.jit.unused
+def _reference(
+    x: Tensor, edge_attr: Tensor, w: Tensor, src: Tensor, dst: Tensor, num_nodes: int,
+    paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim_out: int,
+) -> Tensor:  # fmt: skip
+    msg = reference.tensor_product_tables(x[src], edge_attr, w, paths, cg_index, cg_value, dim_out)
+    return msg.new_zeros(num_nodes, dim_out).index_add(0, dst, msg)
+
+
+def conv(
+    x: Tensor, edge_attr: Tensor, weights: Tensor | None, src: Tensor, dst: Tensor,
+    num_nodes: int, descriptor: TPDescriptor,
+) -> Tensor:  # fmt: skip
+    """``zeros(num_nodes, dim_out).index_add_(0, dst, TP(x[src], edge_attr, weights))``, fused.
+
+    Edges point from ``src`` (sender) to ``dst`` (receiver). Per-edge messages are never
+    materialised; the result does not depend on the thread count.
+    """
+    tables = tuple(t.to(x.device) for t in descriptor.tensors())
+    d = descriptor
+    return conv_tables(
+        x, edge_attr, weights, src, dst, num_nodes, *tables, d.dim1, d.dim2, d.dim_out,
+        d.weight_numel,
+    )  # fmt: skip
+
+
+def sort_edges(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Stable sort of edges by destination: ``(src[perm], dst[perm], perm)``.
+
+    Permute per-edge tensors (edge_attr, weights) with ``perm`` too.
+    """
+    perm = torch.sort(dst, stable=True).indices
+    return src[perm], dst[perm], perm
+
+
+@torch.library.register_fake("fastcg::conv")
+def _(x, edge_attr, weights, src, dst, num_nodes, paths, cg_index, cg_value, dim_out):
+    return x.new_empty(num_nodes, dim_out)
+
+
+@torch.library.register_fake("fastcg::conv_backward")
+def _(grad_out, x, edge_attr, weights, src, dst, paths, cg_index, cg_value, output_mask):
+    return tuple(
+        t.new_empty(list(t.shape) if m else [0])
+        for m, t in zip(output_mask, (x, edge_attr, weights))
+    )
+
+
+def _setup(ctx, inputs, output):
+    x, y, w, src, dst, ctx.num_nodes, paths, cg_index, cg_value, ctx.dim_out = inputs
+    ctx.save_for_backward(x, y, w, src, dst, paths, cg_index, cg_value)
+
+
+def _backward(ctx, grad):
+    x, y, w, src, dst, *tables = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:3])
+    grads = torch.ops.fastcg.conv_backward(grad.contiguous(), x, y, w, src, dst, *tables, mask)
+    return *(g if m else None for g, m in zip(grads, mask)), *([None] * 7)
+
+
+def _setup_backward(ctx, inputs, output):
+    g, x, y, w, src, dst, paths, cg_index, cg_value, ctx.mask = inputs
+    ctx.save_for_backward(g, x, y, w, src, dst, paths, cg_index, cg_value)
+
+
+def _backward_backward(ctx, ggx, ggy, ggw):
+    g, x, y, w, src, dst, *tables = ctx.saved_tensors
+
+    def fwd(a, b, c):
+        return torch.ops.fastcg.conv(a, b, c, src, dst, g.shape[0], *tables, g.shape[1])
+
+    def bwd(a, b, c, mask):
+        return torch.ops.fastcg.conv_backward(g, a, b, c, src, dst, *tables, mask)
+
+    gg = present((ggx, ggy, ggw), ctx.mask)
+    grads = double_backward(x, y, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
+    return *grads, *([None] * 6)
+
+
+torch.library.register_autograd("fastcg::conv", _backward, setup_context=_setup)
+torch.library.register_autograd(
+    "fastcg::conv_backward", _backward_backward, setup_context=_setup_backward
+)

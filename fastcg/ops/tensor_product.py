@@ -1,0 +1,128 @@
+"""tensor_product: boundary, fake kernels and autograd of e3nn's TensorProduct."""
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from ..backend import use_reference
+from ..descriptor import TPDescriptor
+from ._checks import check_float, check_last_dim, check_same, check_weights
+from ._trilinear import double_backward, present
+
+
+def broadcast(a: list[int], b: list[int]) -> list[int]:
+    """NumPy broadcasting of two shapes (TorchScript has no torch.broadcast_shapes)."""
+    n = max(len(a), len(b))
+    a = [1] * (n - len(a)) + a
+    b = [1] * (n - len(b)) + b
+    out: list[int] = []
+    for i in range(n):
+        if a[i] != b[i] and a[i] != 1 and b[i] != 1:
+            raise ValueError(f"batch shapes {a} and {b} do not broadcast")
+        out.append(b[i] if a[i] == 1 else a[i])
+    return out
+
+
+def _flat(t: Tensor, batch: list[int]) -> Tensor:
+    size = t.shape[-1]
+    return t.expand(batch + [size]).reshape(-1, size).contiguous()
+
+
+def tensor_product_tables(
+    x1: Tensor, x2: Tensor, weights: Tensor | None, paths: Tensor, cg_index: Tensor,
+    cg_value: Tensor, dim1: int, dim2: int, dim_out: int, weight_numel: int,
+) -> Tensor:  # fmt: skip
+    """Tensor product from descriptor tables (what ``fastcg.nn`` modules call; scriptable)."""
+    check_float(x1, "x1")
+    check_same(x2, x1, "x2", "x1")
+    check_last_dim(x1, dim1, "x1")
+    check_last_dim(x2, dim2, "x2")
+    w = check_weights(weights, weight_numel, x1, "weights")
+    batch = broadcast(list(x1.shape[:-1]), list(x2.shape[:-1]))
+    if w.dim() > 1:
+        batch = broadcast(batch, list(w.shape[:-1]))
+        w = _flat(w, batch)
+    a, b = _flat(x1, batch), _flat(x2, batch)
+    cg_value = cg_value.to(torch.float64)
+    if not torch.jit.is_scripting() and use_reference(x1.is_cuda):
+        out = _reference(a, b, w, paths, cg_index, cg_value, dim_out)
+    else:
+        out = torch.ops.fastcg.tensor_product(a, b, w, paths, cg_index, cg_value, dim_out)
+    return out.reshape(batch + [dim_out])
+
+
+@torch.jit.unused
+def _reference(
+    a: Tensor, b: Tensor, w: Tensor, paths: Tensor, cg_index: Tensor, cg_value: Tensor,
+    dim_out: int,
+) -> Tensor:  # fmt: skip
+    return reference.tensor_product_tables(a, b, w, paths, cg_index, cg_value, dim_out)
+
+
+def tensor_product(
+    x1: Tensor, x2: Tensor, weights: Tensor | None, descriptor: TPDescriptor
+) -> Tensor:
+    """e3nn ``TensorProduct`` of ``x1[..., dim1]`` and ``x2[..., dim2]`` described by ``descriptor``.
+
+    ``weights`` is ``[weight_numel]`` (shared), ``[..., weight_numel]`` (per sample) or None when
+    the descriptor has no weights.
+
+    >>> d = fastcg.tensor_product_descriptor("1x1o", "1x1o", "1x0e", [(0, 0, 0, "uuu", False)])
+    >>> fastcg.tensor_product(torch.ones(3), torch.ones(3), None, d)
+    tensor([1.7321])
+    """
+    tables = tuple(t.to(x1.device) for t in descriptor.tensors())
+    d = descriptor
+    return tensor_product_tables(
+        x1, x2, weights, *tables, d.dim1, d.dim2, d.dim_out, d.weight_numel
+    )
+
+
+@torch.library.register_fake("fastcg::tensor_product")
+def _(x1, x2, weights, paths, cg_index, cg_value, dim_out):
+    return x1.new_empty(x1.shape[0], dim_out)
+
+
+@torch.library.register_fake("fastcg::tensor_product_backward")
+def _(grad_out, x1, x2, weights, paths, cg_index, cg_value, output_mask):
+    return tuple(
+        t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, (x1, x2, weights))
+    )
+
+
+def _setup(ctx, inputs, output):
+    x1, x2, w, paths, cg_index, cg_value, ctx.dim_out = inputs
+    ctx.save_for_backward(x1, x2, w, paths, cg_index, cg_value)
+
+
+def _backward(ctx, grad):
+    x1, x2, w, *tables = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:3])
+    op = torch.ops.fastcg.tensor_product_backward
+    grads = op(grad.contiguous(), x1, x2, w, *tables, mask)
+    return *(g if m else None for g, m in zip(grads, mask)), None, None, None, None
+
+
+def _setup_backward(ctx, inputs, output):
+    g, x1, x2, w, paths, cg_index, cg_value, ctx.mask = inputs
+    ctx.save_for_backward(g, x1, x2, w, paths, cg_index, cg_value)
+
+
+def _backward_backward(ctx, gg1, gg2, ggw):
+    g, x1, x2, w, *tables = ctx.saved_tensors
+
+    def fwd(a, b, c):
+        return torch.ops.fastcg.tensor_product(a, b, c, *tables, g.shape[1])
+
+    def bwd(a, b, c, mask):
+        return torch.ops.fastcg.tensor_product_backward(g, a, b, c, *tables, mask)
+
+    gg = present((gg1, gg2, ggw), ctx.mask)
+    grads = double_backward(x1, x2, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
+    return *grads, None, None, None, None
+
+
+torch.library.register_autograd("fastcg::tensor_product", _backward, setup_context=_setup)
+torch.library.register_autograd(
+    "fastcg::tensor_product_backward", _backward_backward, setup_context=_setup_backward
+)

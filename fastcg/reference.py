@@ -1,0 +1,128 @@
+"""Readable pure-PyTorch oracle of every fastcg op; runs on any device, differentiable by torch.
+
+Each function takes the same descriptor tables the kernels read, so the oracle also checks the
+tables. Tests compare these with e3nn and the kernels with these.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .descriptor import MODES, LinearDescriptor, TPDescriptor
+from .irreps import o3
+
+_EINSUM = {  # out block from x1 [B,u,i], x2 [B,v,j], C [i,j,k], per-sample weights
+    "uvw": "zui,zvj,ijk,zuvw->zwk",
+    "uvu": "zui,zvj,ijk,zuv->zuk",
+    "uvv": "zui,zvj,ijk,zuv->zvk",
+    "uuw": "zui,zuj,ijk,zuw->zwk",
+    "uuu": "zui,zuj,ijk,zu->zuk",
+}
+
+
+def spherical_harmonics(
+    vectors: Tensor, lmax: int, normalize: bool = True, normalization: str = "component"
+) -> Tensor:
+    """e3nn's spherical harmonics l = 0..lmax; zero vectors give zero gradients when normalized."""
+    if normalize:
+        norm = vectors.norm(dim=-1, keepdim=True)
+        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+        vectors = torch.where(norm > 0, vectors / safe, torch.zeros_like(vectors))
+    return o3().spherical_harmonics(list(range(lmax + 1)), vectors, False, normalization)
+
+
+def _dense_cg(row: list[int], cg_index: Tensor, cg_value: Tensor, like: Tensor) -> Tensor:
+    l1, l2, l3, begin, end = row[1], row[2], row[3], row[11], row[12]
+    c = torch.zeros(2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1, dtype=like.dtype, device=like.device)
+    idx = cg_index[begin:end].to(like.device)
+    c[idx[:, 0], idx[:, 1], idx[:, 2]] = cg_value[begin:end].to(like)
+    return c
+
+
+def _path_weight(row: list[int], weights: Tensor, batch: int, like: Tensor) -> Tensor:
+    mode, m1, m2, mo, w_off = MODES[row[0]], row[4], row[5], row[6], row[10]
+    shape = {"uvw": (m1, m2, mo), "uvu": (m1, m2), "uvv": (m1, m2), "uuw": (m1, mo), "uuu": (m1,)}
+    shape = shape[mode]
+    if w_off < 0:
+        return torch.ones((batch, *shape), dtype=like.dtype, device=like.device)
+    numel = int(torch.Size(shape).numel())
+    w = weights[..., w_off : w_off + numel]
+    return w.reshape(-1, *shape).expand(batch, *shape)
+
+
+def tensor_product_tables(
+    x1: Tensor, x2: Tensor, weights: Tensor, paths: Tensor, cg_index: Tensor, cg_value: Tensor,
+    dim_out: int,
+) -> Tensor:  # fmt: skip
+    """TP of 2-D x1 [B, dim1], x2 [B, dim2]; weights [numel] (shared) or [B, numel]."""
+    batch = x1.shape[0]
+    out = x1.new_zeros(batch, dim_out)
+    for row in paths.tolist():
+        mode, l1, l2, l3, m1, m2, mo, o1, o2, oo = row[:10]
+        a = x1[:, o1 : o1 + m1 * (2 * l1 + 1)].reshape(batch, m1, 2 * l1 + 1)
+        b = x2[:, o2 : o2 + m2 * (2 * l2 + 1)].reshape(batch, m2, 2 * l2 + 1)
+        c = _dense_cg(row, cg_index, cg_value, x1)
+        w = _path_weight(row, weights, batch, x1)
+        block = torch.einsum(_EINSUM[MODES[mode]], a, b, c, w).reshape(batch, -1)
+        out[:, oo : oo + mo * (2 * l3 + 1)] += block
+    return out
+
+
+def _weights_or_empty(weights: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0) if weights is None else weights
+
+
+def tensor_product(
+    x1: Tensor, x2: Tensor, weights: Tensor | None, descriptor: TPDescriptor
+) -> Tensor:
+    """e3nn ``TensorProduct`` semantics: broadcast batch dims, shared or per-sample weights."""
+    w = _weights_or_empty(weights, x1)
+    shared = w.dim() == 1
+    batch = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1], () if shared else w.shape[:-1])
+    x1 = x1.expand(*batch, x1.shape[-1]).reshape(-1, x1.shape[-1])
+    x2 = x2.expand(*batch, x2.shape[-1]).reshape(-1, x2.shape[-1])
+    w = w if shared else w.expand(*batch, w.shape[-1]).reshape(-1, w.shape[-1])
+    out = tensor_product_tables(x1, x2, w, *descriptor.tensors(), descriptor.dim_out)
+    return out.reshape(*batch, descriptor.dim_out)
+
+
+def conv(
+    x: Tensor, edge_attr: Tensor, weights: Tensor | None, src: Tensor, dst: Tensor,
+    num_nodes: int, descriptor: TPDescriptor,
+) -> Tensor:  # fmt: skip
+    """``zeros(num_nodes, dim_out).index_add_(0, dst, TP(x[src], edge_attr, weights))``."""
+    msg = tensor_product(x[src.long()], edge_attr, weights, descriptor)
+    return msg.new_zeros(num_nodes, descriptor.dim_out).index_add(0, dst.long(), msg)
+
+
+def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    """``zeros(dim_size, ...).index_add_(0, index, src)``."""
+    return src.new_zeros(dim_size, *src.shape[1:]).index_add(0, index.long(), src)
+
+
+def linear_tables(
+    x: Tensor, weights: Tensor, species: Tensor | None, paths: Tensor, path_coeff: Tensor,
+    dim_out: int,
+) -> Tensor:  # fmt: skip
+    """e3nn ``Linear`` of 2-D x [B, dim_in]; per-species weight rows when species is given."""
+    out = x.new_zeros(x.shape[0], dim_out)
+    w_all = weights if species is None else weights[species.long()]
+    for (mi, mo, d, oi, oo, w_off), coeff in zip(paths.tolist(), path_coeff.tolist()):
+        xb = x[:, oi : oi + mi * d].reshape(-1, mi, d)
+        w = w_all[..., w_off : w_off + mi * mo]
+        if species is None:
+            yb = torch.einsum("zui,uw->zwi", xb, w.reshape(mi, mo))
+        else:
+            yb = torch.einsum("zui,zuw->zwi", xb, w.reshape(-1, mi, mo))
+        out[:, oo : oo + mo * d] += coeff * yb.reshape(x.shape[0], -1)
+    return out
+
+
+def linear(
+    x: Tensor, weights: Tensor, descriptor: LinearDescriptor, species: Tensor | None = None
+) -> Tensor:
+    """``e3nn.o3.Linear(irreps_in, irreps_out)(x)`` with these weights (no biases)."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = linear_tables(flat, weights, species, *descriptor.tensors(), descriptor.dim_out)
+    return out.reshape(*x.shape[:-1], descriptor.dim_out)
