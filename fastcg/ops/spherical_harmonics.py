@@ -1,4 +1,4 @@
-"""spherical_harmonics: boundary, fake kernels and the value -> gradient -> hessian autograd chain."""
+"""spherical_harmonics: boundary, fake kernels, value -> gradient -> hessian autograd chain."""
 
 import torch
 from torch import Tensor

@@ -62,7 +62,7 @@ def _reference(
 def tensor_product(
     x1: Tensor, x2: Tensor, weights: Tensor | None, descriptor: TPDescriptor
 ) -> Tensor:
-    """e3nn ``TensorProduct`` of ``x1[..., dim1]`` and ``x2[..., dim2]`` described by ``descriptor``.
+    """e3nn ``TensorProduct`` of ``x1[..., dim1]`` and ``x2[..., dim2]`` given by ``descriptor``.
 
     ``weights`` is ``[weight_numel]`` (shared), ``[..., weight_numel]`` (per sample) or None when
     the descriptor has no weights.
