@@ -1,10 +1,13 @@
-"""Backend selection: which implementation runs behind the registered ops.
+"""Backend selection: which implementation runs behind an op call.
 
-``reference`` is the pure-PyTorch oracle; ``cpu`` the C++ kernels; ``triton`` and ``cuda`` are
-reserved for the GPU kernels. ``None`` (the default) picks the fastest available for the device.
+``reference`` is the pure-PyTorch oracle; ``cpu`` the C++ kernels; ``triton`` the Triton kernels
+(on CPU tensors only under ``TRITON_INTERPRET=1``); ``cuda`` the CUDA C++ kernels. ``None`` (the
+default) picks C++ for CPU tensors and Triton for CUDA tensors.
 """
 
 import contextlib
+import functools
+import importlib
 import os
 from collections.abc import Iterator
 
@@ -42,12 +45,39 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.pop()
 
 
-@torch.jit.unused  # scripted models always run the compiled kernels
-def use_reference(is_cuda: bool) -> bool:
-    """Whether an op on a tensor of this device should run the pure-PyTorch reference."""
+@functools.cache
+def _triton_namespace() -> str | None:
+    """Import fastcg.triton (it registers the ``fastcg_triton`` ops) when it is available."""
+    try:
+        importlib.import_module("fastcg.triton")
+    except ImportError:
+        return None
+    return "fastcg_triton" if hasattr(torch.ops.fastcg_triton, "tensor_product") else None
+
+
+def _has_cuda_kernels() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastcg::tensor_product", "CUDA")
+
+
+@torch.jit.unused  # scripted models always call the compiled torch.ops.fastcg kernels
+def namespace(is_cuda: bool) -> str:
+    """Op namespace to call for tensors on this device: "reference", "fastcg" or "fastcg_triton"."""
     name = get_backend()
-    if name is None:
-        return is_cuda  # no GPU kernels are registered yet: CUDA tensors take the reference
-    if name in ("triton", "cuda"):
-        raise NotImplementedError(f"the fastcg {name!r} backend is not implemented yet")
-    return name == "reference"
+    if name == "reference":
+        return "reference"
+    if name == "cpu" and is_cuda:
+        raise ValueError("the 'cpu' backend cannot run CUDA tensors")
+    if name == "cuda" and not (is_cuda and _has_cuda_kernels()):
+        raise ValueError("the 'cuda' backend needs CUDA tensors and fastcg built with CUDA")
+    if name == "triton":
+        ns = _triton_namespace()
+        if ns is None:
+            raise NotImplementedError("the fastcg 'triton' backend is not available here")
+        return ns
+    if name is not None or not is_cuda:
+        return "fastcg"
+    # automatic on CUDA tensors: Triton, then CUDA C++, then the reference
+    ns = _triton_namespace()
+    if ns is not None:
+        return ns
+    return "fastcg" if _has_cuda_kernels() else "reference"

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ..backend import use_reference
+from ..backend import namespace
 from ..descriptor import TPDescriptor
 from ._checks import check_dims, check_float, check_index, check_last_dim, check_same, check_weights
 from ._trilinear import double_backward, present
@@ -34,20 +34,28 @@ def conv_tables(
     if w.dim() > 1 and (w.dim() != 2 or w.shape[0] != num_edges):
         raise ValueError(f"weights must be [{weight_numel}] or [{num_edges}, {weight_numel}]")
     x, edge_attr, w = x.contiguous(), edge_attr.contiguous(), w.contiguous()
-    cg_value = cg_value.to(torch.float64)
-    if not torch.jit.is_scripting() and use_reference(x.is_cuda):
-        return _reference(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out)
-    op = torch.ops.fastcg.conv
-    return op(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out)
+    tables = (paths, cg_index, cg_value.to(torch.float64))
+    if not torch.jit.is_scripting():
+        ns = namespace(x.is_cuda)
+        if ns != "fastcg":
+            return _other(ns, x, edge_attr, w, src, dst, num_nodes, *tables, dim_out)
+    return torch.ops.fastcg.conv(
+        x, edge_attr, w, src, dst, num_nodes, tables[0], tables[1], tables[2], dim_out
+    )
 
 
 @torch.jit.unused
-def _reference(
-    x: Tensor, edge_attr: Tensor, w: Tensor, src: Tensor, dst: Tensor, num_nodes: int,
+def _other(
+    ns: str, x: Tensor, edge_attr: Tensor, w: Tensor, src: Tensor, dst: Tensor, num_nodes: int,
     paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim_out: int,
 ) -> Tensor:  # fmt: skip
-    msg = reference.tensor_product_tables(x[src], edge_attr, w, paths, cg_index, cg_value, dim_out)
-    return msg.new_zeros(num_nodes, dim_out).index_add(0, dst, msg)
+    if ns == "reference":
+        msg = reference.tensor_product_tables(
+            x[src], edge_attr, w, paths, cg_index, cg_value, dim_out
+        )
+        return msg.new_zeros(num_nodes, dim_out).index_add(0, dst, msg)
+    op = getattr(torch.ops, ns).conv
+    return op(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out)
 
 
 def conv(
@@ -76,51 +84,50 @@ def sort_edges(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return src[perm], dst[perm], perm
 
 
-@torch.library.register_fake("fastcg::conv")
-def _(x, edge_attr, weights, src, dst, num_nodes, paths, cg_index, cg_value, dim_out):
-    return x.new_empty(num_nodes, dim_out)
+def register(ns: str) -> None:
+    """Fake kernels and autograd for ``{ns}::conv`` and its backward."""
+    ops = getattr(torch.ops, ns)
 
+    @torch.library.register_fake(f"{ns}::conv")
+    def _(x, edge_attr, weights, src, dst, num_nodes, paths, cg_index, cg_value, dim_out):
+        return x.new_empty(num_nodes, dim_out)
 
-@torch.library.register_fake("fastcg::conv_backward")
-def _(grad_out, x, edge_attr, weights, src, dst, paths, cg_index, cg_value, output_mask):
-    return tuple(
-        t.new_empty(list(t.shape) if m else [0])
-        for m, t in zip(output_mask, (x, edge_attr, weights))
+    @torch.library.register_fake(f"{ns}::conv_backward")
+    def _(grad_out, x, edge_attr, weights, src, dst, paths, cg_index, cg_value, output_mask):
+        inputs = (x, edge_attr, weights)
+        return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, inputs))
+
+    def setup(ctx, inputs, output):
+        x, y, w, src, dst, _, paths, cg_index, cg_value, _ = inputs
+        ctx.save_for_backward(x, y, w, src, dst, paths, cg_index, cg_value)
+
+    def backward(ctx, grad):
+        x, y, w, src, dst, *tables = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:3])
+        grads = ops.conv_backward(grad.contiguous(), x, y, w, src, dst, *tables, mask)
+        return *(g if m else None for g, m in zip(grads, mask)), *([None] * 7)
+
+    def setup_backward(ctx, inputs, output):
+        g, x, y, w, src, dst, paths, cg_index, cg_value, ctx.mask = inputs
+        ctx.save_for_backward(g, x, y, w, src, dst, paths, cg_index, cg_value)
+
+    def backward_backward(ctx, ggx, ggy, ggw):
+        g, x, y, w, src, dst, *tables = ctx.saved_tensors
+
+        def fwd(a, b, c):
+            return ops.conv(a, b, c, src, dst, g.shape[0], *tables, g.shape[1])
+
+        def bwd(a, b, c, mask):
+            return ops.conv_backward(g, a, b, c, src, dst, *tables, mask)
+
+        gg = present((ggx, ggy, ggw), ctx.mask)
+        grads = double_backward(x, y, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
+        return *grads, *([None] * 6)
+
+    torch.library.register_autograd(f"{ns}::conv", backward, setup_context=setup)
+    torch.library.register_autograd(
+        f"{ns}::conv_backward", backward_backward, setup_context=setup_backward
     )
 
 
-def _setup(ctx, inputs, output):
-    x, y, w, src, dst, ctx.num_nodes, paths, cg_index, cg_value, ctx.dim_out = inputs
-    ctx.save_for_backward(x, y, w, src, dst, paths, cg_index, cg_value)
-
-
-def _backward(ctx, grad):
-    x, y, w, src, dst, *tables = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[:3])
-    grads = torch.ops.fastcg.conv_backward(grad.contiguous(), x, y, w, src, dst, *tables, mask)
-    return *(g if m else None for g, m in zip(grads, mask)), *([None] * 7)
-
-
-def _setup_backward(ctx, inputs, output):
-    g, x, y, w, src, dst, paths, cg_index, cg_value, ctx.mask = inputs
-    ctx.save_for_backward(g, x, y, w, src, dst, paths, cg_index, cg_value)
-
-
-def _backward_backward(ctx, ggx, ggy, ggw):
-    g, x, y, w, src, dst, *tables = ctx.saved_tensors
-
-    def fwd(a, b, c):
-        return torch.ops.fastcg.conv(a, b, c, src, dst, g.shape[0], *tables, g.shape[1])
-
-    def bwd(a, b, c, mask):
-        return torch.ops.fastcg.conv_backward(g, a, b, c, src, dst, *tables, mask)
-
-    gg = present((ggx, ggy, ggw), ctx.mask)
-    grads = double_backward(x, y, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
-    return *grads, *([None] * 6)
-
-
-torch.library.register_autograd("fastcg::conv", _backward, setup_context=_setup)
-torch.library.register_autograd(
-    "fastcg::conv_backward", _backward_backward, setup_context=_setup_backward
-)
+register("fastcg")

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ..backend import use_reference
+from ..backend import namespace
 from ..descriptor import LinearDescriptor
 from ._checks import check_float, check_index, check_last_dim, check_same
 
@@ -22,8 +22,9 @@ def linear_tables(
     flat = x.reshape(-1, dim_in).contiguous()
     if species is None:
         if weights.dim() != 1:
-            raise ValueError(f"weights must be [{weight_numel}] without species, got "
-                             f"{list(weights.shape)}")  # fmt: skip
+            raise ValueError(
+                f"weights must be [{weight_numel}] without species, got {list(weights.shape)}"
+            )
     else:
         if weights.dim() != 2:
             raise ValueError(f"weights must be [num_species, {weight_numel}] with species")
@@ -34,18 +35,23 @@ def linear_tables(
         species = check_index(species, "species", weights.shape[0], x, "weights.shape[0]")
     weights = weights.contiguous()
     path_coeff = path_coeff.to(torch.float64)
-    if not torch.jit.is_scripting() and use_reference(x.is_cuda):
-        out = _reference(flat, weights, species, paths, path_coeff, dim_out)
-    else:
-        out = torch.ops.fastcg.linear(flat, weights, species, paths, path_coeff, dim_out)
-    return out.reshape(list(x.shape[:-1]) + [dim_out])
+    shape = list(x.shape[:-1]) + [dim_out]
+    if not torch.jit.is_scripting():
+        ns = namespace(x.is_cuda)
+        if ns != "fastcg":
+            return _other(ns, flat, weights, species, paths, path_coeff, dim_out).reshape(shape)
+    out = torch.ops.fastcg.linear(flat, weights, species, paths, path_coeff, dim_out)
+    return out.reshape(shape)
 
 
 @torch.jit.unused
-def _reference(
-    x: Tensor, w: Tensor, species: Tensor | None, paths: Tensor, coeff: Tensor, dim_out: int
-) -> Tensor:
-    return reference.linear_tables(x, w, species, paths, coeff, dim_out)
+def _other(
+    ns: str, x: Tensor, w: Tensor, species: Tensor | None, paths: Tensor, coeff: Tensor,
+    dim_out: int,
+) -> Tensor:  # fmt: skip
+    if ns == "reference":
+        return reference.linear_tables(x, w, species, paths, coeff, dim_out)
+    return getattr(torch.ops, ns).linear(x, w, species, paths, coeff, dim_out)
 
 
 def linear(
@@ -61,68 +67,67 @@ def linear(
     return linear_tables(x, weights, species, paths, coeff, d.dim_in, d.dim_out, d.weight_numel)
 
 
-@torch.library.register_fake("fastcg::linear")
-def _(x, weights, species, paths, path_coeff, dim_out):
-    return x.new_empty(x.shape[0], dim_out)
+def register(ns: str) -> None:
+    """Fake kernels and autograd for ``{ns}::linear`` and its backward."""
+    ops = getattr(torch.ops, ns)
 
+    @torch.library.register_fake(f"{ns}::linear")
+    def _(x, weights, species, paths, path_coeff, dim_out):
+        return x.new_empty(x.shape[0], dim_out)
 
-@torch.library.register_fake("fastcg::linear_backward")
-def _(grad_out, x, weights, species, paths, path_coeff, output_mask):
-    return tuple(
-        t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, (x, weights))
+    @torch.library.register_fake(f"{ns}::linear_backward")
+    def _(grad_out, x, weights, species, paths, path_coeff, output_mask):
+        inputs = (x, weights)
+        return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, inputs))
+
+    def save(ctx, *tensors, species):
+        ctx.has_species = species is not None
+        ctx.save_for_backward(*tensors, species if species is not None else tensors[0].new_empty(0))
+
+    def saved(ctx):
+        *tensors, species = ctx.saved_tensors
+        return (*tensors, species if ctx.has_species else None)
+
+    def setup(ctx, inputs, output):
+        x, w, species, paths, coeff, _ = inputs
+        save(ctx, x, w, paths, coeff, species=species)
+
+    def backward(ctx, grad):
+        x, w, paths, coeff, species = saved(ctx)
+        mask = list(ctx.needs_input_grad[:2])
+        gx, gw = ops.linear_backward(grad.contiguous(), x, w, species, paths, coeff, mask)
+        return (gx if mask[0] else None), (gw if mask[1] else None), None, None, None, None
+
+    def setup_backward(ctx, inputs, output):
+        g, x, w, species, paths, coeff, ctx.mask = inputs
+        save(ctx, g, x, w, paths, coeff, species=species)
+
+    def backward_backward(ctx, ggx, ggw):
+        # gx = L_x(g, w) and gw = L_w(x, g) are bilinear, so one backward call with (x, w)
+        # replaced by the cotangents (ggx, ggw) returns both d/dx and d/dw.
+        g, x, w, paths, coeff, species = saved(ctx)
+        ggx = ggx.contiguous() if (ggx is not None and ctx.mask[0]) else None
+        ggw = ggw.contiguous() if (ggw is not None and ctx.mask[1]) else None
+        n_g, n_x, n_w = ctx.needs_input_grad[:3]
+        d_g = d_x = d_w = None
+        if n_g:
+            for a, b in ((ggx, w), (x, ggw)):
+                if a is not None and b is not None:
+                    t = ops.linear(a, b, species, paths, coeff, g.shape[1])
+                    d_g = t if d_g is None else d_g + t
+        mask = [n_x and ggw is not None, n_w and ggx is not None]
+        if mask[0] or mask[1]:
+            a = ggx if ggx is not None else x
+            b = ggw if ggw is not None else w
+            tx, tw = ops.linear_backward(g, a, b, species, paths, coeff, mask)
+            d_x = tx if mask[0] else None
+            d_w = tw if mask[1] else None
+        return d_g, d_x, d_w, None, None, None, None
+
+    torch.library.register_autograd(f"{ns}::linear", backward, setup_context=setup)
+    torch.library.register_autograd(
+        f"{ns}::linear_backward", backward_backward, setup_context=setup_backward
     )
 
 
-def _setup(ctx, inputs, output):
-    x, w, species, paths, coeff, _ = inputs
-    ctx.has_species = species is not None
-    ctx.save_for_backward(x, w, species if species is not None else x.new_empty(0), paths, coeff)
-
-
-def _saved(ctx):
-    x, w, species, paths, coeff = ctx.saved_tensors
-    return x, w, (species if ctx.has_species else None), paths, coeff
-
-
-def _backward(ctx, grad):
-    x, w, species, paths, coeff = _saved(ctx)
-    mask = list(ctx.needs_input_grad[:2])
-    gx, gw = torch.ops.fastcg.linear_backward(grad.contiguous(), x, w, species, paths, coeff, mask)
-    return (gx if mask[0] else None), (gw if mask[1] else None), None, None, None, None
-
-
-def _setup_backward(ctx, inputs, output):
-    g, x, w, species, paths, coeff, ctx.mask = inputs
-    ctx.has_species = species is not None
-    sp = species if species is not None else x.new_empty(0)
-    ctx.save_for_backward(g, x, w, sp, paths, coeff)
-
-
-def _backward_backward(ctx, ggx, ggw):
-    # gx = L_x(g, w) and gw = L_w(x, g) are bilinear, so one backward call with (x, w) replaced
-    # by the cotangents (ggx, ggw) returns both d/dx and d/dw.
-    g, x, w, species, paths, coeff = ctx.saved_tensors
-    species = species if ctx.has_species else None
-    ggx = ggx.contiguous() if (ggx is not None and ctx.mask[0]) else None
-    ggw = ggw.contiguous() if (ggw is not None and ctx.mask[1]) else None
-    n_g, n_x, n_w = ctx.needs_input_grad[:3]
-    d_g = d_x = d_w = None
-    if n_g:
-        for a, b in ((ggx, w), (x, ggw)):
-            if a is not None and b is not None:
-                t = torch.ops.fastcg.linear(a, b, species, paths, coeff, g.shape[1])
-                d_g = t if d_g is None else d_g + t
-    mask = [n_x and ggw is not None, n_w and ggx is not None]
-    if mask[0] or mask[1]:
-        a = ggx if ggx is not None else x
-        b = ggw if ggw is not None else w
-        tx, tw = torch.ops.fastcg.linear_backward(g, a, b, species, paths, coeff, mask)
-        d_x = tx if mask[0] else None
-        d_w = tw if mask[1] else None
-    return d_g, d_x, d_w, None, None, None, None
-
-
-torch.library.register_autograd("fastcg::linear", _backward, setup_context=_setup)
-torch.library.register_autograd(
-    "fastcg::linear_backward", _backward_backward, setup_context=_setup_backward
-)
+register("fastcg")

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ..backend import use_reference
+from ..backend import namespace
 from ._checks import check_float, check_index
 
 
@@ -22,33 +22,39 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     if index.dim() != 1 or index.shape[0] != src.shape[0]:
         raise ValueError(f"index must have shape [{src.shape[0]}], got {list(index.shape)}")
     index = check_index(index, "index", dim_size, src, "dim_size")
-    if not torch.jit.is_scripting() and use_reference(src.is_cuda):
-        return _reference(src, index, dim_size)
     shape = [dim_size] + list(src.shape[1:])
     flat = src.reshape(src.shape[0], -1).contiguous()
+    if not torch.jit.is_scripting():
+        ns = namespace(src.is_cuda)
+        if ns != "fastcg":
+            return _other(ns, flat, index, dim_size).reshape(shape)
     return torch.ops.fastcg.scatter_sum(flat, index, dim_size).reshape(shape)
 
 
 @torch.jit.unused
-def _reference(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
-    return reference.scatter_sum(src, index, dim_size)
+def _other(ns: str, src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    if ns == "reference":
+        return reference.scatter_sum(src, index, dim_size)
+    return getattr(torch.ops, ns).scatter_sum(src, index, dim_size)
 
 
-@torch.library.register_fake("fastcg::scatter_sum")
-def _(src, index, dim_size):
-    return src.new_empty([dim_size] + list(src.shape[1:]))
+def register(ns: str) -> None:
+    """Fake kernel and autograd for ``{ns}::scatter_sum``."""
+
+    @torch.library.register_fake(f"{ns}::scatter_sum")
+    def _(src, index, dim_size):
+        return src.new_empty([dim_size] + list(src.shape[1:]))
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    def backward(ctx, grad):
+        # The transpose of a scatter is a gather; index_select is differentiable (its backward is
+        # index_add), which gives the double backward for free.
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None
+
+    torch.library.register_autograd(f"{ns}::scatter_sum", backward, setup_context=setup)
 
 
-def _setup(ctx, inputs, output):
-    _, index, _ = inputs
-    ctx.save_for_backward(index)
-
-
-def _backward(ctx, grad):
-    # The transpose of a scatter is a gather; index_select is differentiable (its backward is
-    # index_add), which gives the double backward for free.
-    (index,) = ctx.saved_tensors
-    return grad.index_select(0, index), None, None
-
-
-torch.library.register_autograd("fastcg::scatter_sum", _backward, setup_context=_setup)
+register("fastcg")

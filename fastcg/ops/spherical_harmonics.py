@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ..backend import use_reference
+from ..backend import namespace
 from ._checks import check_float, check_last_dim
 
 NORMALIZATIONS = ("component", "norm", "integral")
@@ -30,59 +30,63 @@ def spherical_harmonics(
         raise ValueError(
             f"normalization must be 'component', 'norm' or 'integral', got '{normalization}'"
         )
-    if not torch.jit.is_scripting():
-        if use_reference(vectors.is_cuda):
-            return _reference(vectors, lmax, normalize, normalization)
     shape = list(vectors.shape[:-1]) + [(lmax + 1) * (lmax + 1)]
+    if not torch.jit.is_scripting():
+        ns = namespace(vectors.is_cuda)
+        if ns != "fastcg":
+            return _other(ns, vectors, lmax, normalize, normalization).reshape(shape)
     flat = vectors.reshape(-1, 3).contiguous()
     out = torch.ops.fastcg.spherical_harmonics(flat, lmax, normalize, normalization)
     return out.reshape(shape)
 
 
 @torch.jit.unused
-def _reference(vectors: Tensor, lmax: int, normalize: bool, normalization: str) -> Tensor:
-    return reference.spherical_harmonics(vectors, lmax, normalize, normalization)
+def _other(ns: str, vectors: Tensor, lmax: int, normalize: bool, normalization: str) -> Tensor:
+    if ns == "reference":
+        return reference.spherical_harmonics(vectors, lmax, normalize, normalization)
+    flat = vectors.reshape(-1, 3).contiguous()
+    return getattr(torch.ops, ns).spherical_harmonics(flat, lmax, normalize, normalization)
 
 
-@torch.library.register_fake("fastcg::spherical_harmonics")
-def _(vectors, lmax, normalize, normalization):
-    return vectors.new_empty(vectors.shape[0], (lmax + 1) ** 2)
+def register(ns: str) -> None:
+    """Fake kernels and autograd for ``{ns}::spherical_harmonics`` and its two derivatives."""
+    ops = getattr(torch.ops, ns)
+
+    @torch.library.register_fake(f"{ns}::spherical_harmonics")
+    def _(vectors, lmax, normalize, normalization):
+        return vectors.new_empty(vectors.shape[0], (lmax + 1) ** 2)
+
+    @torch.library.register_fake(f"{ns}::spherical_harmonics_backward")
+    def _(grad_sh, vectors, lmax, normalize, normalization):
+        return torch.empty_like(vectors)
+
+    @torch.library.register_fake(f"{ns}::spherical_harmonics_double_backward")
+    def _(grad_grad_vectors, grad_sh, vectors, lmax, normalize, normalization):
+        return torch.empty_like(grad_sh), torch.empty_like(vectors)
+
+    def setup(ctx, inputs, output):
+        vectors, *ctx.args = inputs
+        ctx.save_for_backward(vectors)
+
+    def backward(ctx, grad):
+        (vectors,) = ctx.saved_tensors
+        gv = ops.spherical_harmonics_backward(grad.contiguous(), vectors, *ctx.args)
+        return gv, None, None, None
+
+    def setup_backward(ctx, inputs, output):
+        grad_sh, vectors, *ctx.args = inputs
+        ctx.save_for_backward(grad_sh, vectors)
+
+    def backward_backward(ctx, grad):
+        grad_sh, vectors = ctx.saved_tensors
+        op = ops.spherical_harmonics_double_backward
+        g_sh, g_vec = op(grad.contiguous(), grad_sh, vectors, *ctx.args)
+        return g_sh, g_vec, None, None, None
+
+    torch.library.register_autograd(f"{ns}::spherical_harmonics", backward, setup_context=setup)
+    torch.library.register_autograd(
+        f"{ns}::spherical_harmonics_backward", backward_backward, setup_context=setup_backward
+    )
 
 
-@torch.library.register_fake("fastcg::spherical_harmonics_backward")
-def _(grad_sh, vectors, lmax, normalize, normalization):
-    return torch.empty_like(vectors)
-
-
-@torch.library.register_fake("fastcg::spherical_harmonics_double_backward")
-def _(grad_grad_vectors, grad_sh, vectors, lmax, normalize, normalization):
-    return torch.empty_like(grad_sh), torch.empty_like(vectors)
-
-
-def _setup(ctx, inputs, output):
-    vectors, *ctx.args = inputs
-    ctx.save_for_backward(vectors)
-
-
-def _backward(ctx, grad):
-    (vectors,) = ctx.saved_tensors
-    gv = torch.ops.fastcg.spherical_harmonics_backward(grad.contiguous(), vectors, *ctx.args)
-    return gv, None, None, None
-
-
-def _setup_backward(ctx, inputs, output):
-    grad_sh, vectors, *ctx.args = inputs
-    ctx.save_for_backward(grad_sh, vectors)
-
-
-def _backward_backward(ctx, grad):
-    grad_sh, vectors = ctx.saved_tensors
-    op = torch.ops.fastcg.spherical_harmonics_double_backward
-    g_sh, g_vec = op(grad.contiguous(), grad_sh, vectors, *ctx.args)
-    return g_sh, g_vec, None, None, None
-
-
-torch.library.register_autograd("fastcg::spherical_harmonics", _backward, setup_context=_setup)
-torch.library.register_autograd(
-    "fastcg::spherical_harmonics_backward", _backward_backward, setup_context=_setup_backward
-)
+register("fastcg")

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ..backend import use_reference
+from ..backend import namespace
 from ..descriptor import TPDescriptor
 from ._checks import check_float, check_last_dim, check_same, check_weights
 from ._trilinear import double_backward, present
@@ -43,20 +43,23 @@ def tensor_product_tables(
         batch = broadcast(batch, list(w.shape[:-1]))
         w = _flat(w, batch)
     a, b = _flat(x1, batch), _flat(x2, batch)
-    cg_value = cg_value.to(torch.float64)
-    if not torch.jit.is_scripting() and use_reference(x1.is_cuda):
-        out = _reference(a, b, w, paths, cg_index, cg_value, dim_out)
-    else:
-        out = torch.ops.fastcg.tensor_product(a, b, w, paths, cg_index, cg_value, dim_out)
+    args = (paths, cg_index, cg_value.to(torch.float64))
+    if not torch.jit.is_scripting():
+        ns = namespace(x1.is_cuda)
+        if ns != "fastcg":
+            return _other(ns, a, b, w, *args, dim_out).reshape(batch + [dim_out])
+    out = torch.ops.fastcg.tensor_product(a, b, w, args[0], args[1], args[2], dim_out)
     return out.reshape(batch + [dim_out])
 
 
 @torch.jit.unused
-def _reference(
-    a: Tensor, b: Tensor, w: Tensor, paths: Tensor, cg_index: Tensor, cg_value: Tensor,
+def _other(
+    ns: str, a: Tensor, b: Tensor, w: Tensor, paths: Tensor, cg_index: Tensor, cg_value: Tensor,
     dim_out: int,
 ) -> Tensor:  # fmt: skip
-    return reference.tensor_product_tables(a, b, w, paths, cg_index, cg_value, dim_out)
+    if ns == "reference":
+        return reference.tensor_product_tables(a, b, w, paths, cg_index, cg_value, dim_out)
+    return getattr(torch.ops, ns).tensor_product(a, b, w, paths, cg_index, cg_value, dim_out)
 
 
 def tensor_product(
@@ -78,51 +81,50 @@ def tensor_product(
     )
 
 
-@torch.library.register_fake("fastcg::tensor_product")
-def _(x1, x2, weights, paths, cg_index, cg_value, dim_out):
-    return x1.new_empty(x1.shape[0], dim_out)
+def register(ns: str) -> None:
+    """Fake kernels and autograd for ``{ns}::tensor_product`` and its backward."""
+    ops = getattr(torch.ops, ns)
 
+    @torch.library.register_fake(f"{ns}::tensor_product")
+    def _(x1, x2, weights, paths, cg_index, cg_value, dim_out):
+        return x1.new_empty(x1.shape[0], dim_out)
 
-@torch.library.register_fake("fastcg::tensor_product_backward")
-def _(grad_out, x1, x2, weights, paths, cg_index, cg_value, output_mask):
-    return tuple(
-        t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, (x1, x2, weights))
+    @torch.library.register_fake(f"{ns}::tensor_product_backward")
+    def _(grad_out, x1, x2, weights, paths, cg_index, cg_value, output_mask):
+        inputs = (x1, x2, weights)
+        return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, inputs))
+
+    def setup(ctx, inputs, output):
+        x1, x2, w, paths, cg_index, cg_value, _ = inputs
+        ctx.save_for_backward(x1, x2, w, paths, cg_index, cg_value)
+
+    def backward(ctx, grad):
+        x1, x2, w, *tables = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:3])
+        grads = ops.tensor_product_backward(grad.contiguous(), x1, x2, w, *tables, mask)
+        return *(g if m else None for g, m in zip(grads, mask)), None, None, None, None
+
+    def setup_backward(ctx, inputs, output):
+        g, x1, x2, w, paths, cg_index, cg_value, ctx.mask = inputs
+        ctx.save_for_backward(g, x1, x2, w, paths, cg_index, cg_value)
+
+    def backward_backward(ctx, gg1, gg2, ggw):
+        g, x1, x2, w, *tables = ctx.saved_tensors
+
+        def fwd(a, b, c):
+            return ops.tensor_product(a, b, c, *tables, g.shape[1])
+
+        def bwd(a, b, c, mask):
+            return ops.tensor_product_backward(g, a, b, c, *tables, mask)
+
+        gg = present((gg1, gg2, ggw), ctx.mask)
+        grads = double_backward(x1, x2, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
+        return *grads, None, None, None, None
+
+    torch.library.register_autograd(f"{ns}::tensor_product", backward, setup_context=setup)
+    torch.library.register_autograd(
+        f"{ns}::tensor_product_backward", backward_backward, setup_context=setup_backward
     )
 
 
-def _setup(ctx, inputs, output):
-    x1, x2, w, paths, cg_index, cg_value, ctx.dim_out = inputs
-    ctx.save_for_backward(x1, x2, w, paths, cg_index, cg_value)
-
-
-def _backward(ctx, grad):
-    x1, x2, w, *tables = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[:3])
-    op = torch.ops.fastcg.tensor_product_backward
-    grads = op(grad.contiguous(), x1, x2, w, *tables, mask)
-    return *(g if m else None for g, m in zip(grads, mask)), None, None, None, None
-
-
-def _setup_backward(ctx, inputs, output):
-    g, x1, x2, w, paths, cg_index, cg_value, ctx.mask = inputs
-    ctx.save_for_backward(g, x1, x2, w, paths, cg_index, cg_value)
-
-
-def _backward_backward(ctx, gg1, gg2, ggw):
-    g, x1, x2, w, *tables = ctx.saved_tensors
-
-    def fwd(a, b, c):
-        return torch.ops.fastcg.tensor_product(a, b, c, *tables, g.shape[1])
-
-    def bwd(a, b, c, mask):
-        return torch.ops.fastcg.tensor_product_backward(g, a, b, c, *tables, mask)
-
-    gg = present((gg1, gg2, ggw), ctx.mask)
-    grads = double_backward(x1, x2, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
-    return *grads, None, None, None, None
-
-
-torch.library.register_autograd("fastcg::tensor_product", _backward, setup_context=_setup)
-torch.library.register_autograd(
-    "fastcg::tensor_product_backward", _backward_backward, setup_context=_setup_backward
-)
+register("fastcg")
