@@ -6,26 +6,36 @@ torch >= 2.6, so users never have to set ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` th
 
 from __future__ import annotations
 
-import functools
 import os
+import warnings
 from types import ModuleType
 from typing import Any
 
+_O3: ModuleType | None = None  # a plain global, so torch.compile reads it without tracing imports
 
-@functools.cache
-def o3() -> ModuleType:
-    """Return ``e3nn.o3``, importing it so that e3nn 0.4.4 works on torch >= 2.6."""
+
+def _import_o3() -> ModuleType:
     key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
     old = os.environ.get(key)
     os.environ[key] = "1"  # e3nn 0.4.4 torch.load()s a pickled constants file at import
     try:
-        from e3nn import o3 as module
+        with warnings.catch_warnings():  # torch warns about the flag; it is ours, not the user's
+            warnings.simplefilter("ignore")
+            from e3nn import o3 as module
     finally:
         if old is None:
             del os.environ[key]
         else:
             os.environ[key] = old
     return module
+
+
+def o3() -> ModuleType:
+    """Return ``e3nn.o3``, importing it so that e3nn 0.4.4 works on torch >= 2.6."""
+    global _O3
+    if _O3 is None:
+        _O3 = _import_o3()
+    return _O3
 
 
 def irreps(value: Any):

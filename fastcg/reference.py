@@ -26,9 +26,11 @@ def spherical_harmonics(
 ) -> Tensor:
     """e3nn's spherical harmonics l = 0..lmax; zero vectors give zero gradients when normalized."""
     if normalize:
-        norm = vectors.norm(dim=-1, keepdim=True)
-        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-        vectors = torch.where(norm > 0, vectors / safe, torch.zeros_like(vectors))
+        # norm() has a NaN gradient at 0; the squared norm does not, so mask before the sqrt.
+        sq = vectors.pow(2).sum(dim=-1, keepdim=True)
+        nonzero = sq > 0
+        norm = torch.where(nonzero, sq, torch.ones_like(sq)).sqrt()
+        vectors = torch.where(nonzero, vectors / norm, torch.zeros_like(vectors))
     return o3().spherical_harmonics(list(range(lmax + 1)), vectors, False, normalization)
 
 
@@ -64,7 +66,7 @@ def tensor_product_tables(
         b = x2[:, o2 : o2 + m2 * (2 * l2 + 1)].reshape(batch, m2, 2 * l2 + 1)
         c = _dense_cg(row, cg_index, cg_value, x1)
         w = _path_weight(row, weights, batch, x1)
-        block = torch.einsum(_EINSUM[MODES[mode]], a, b, c, w).reshape(batch, -1)
+        block = torch.einsum(_EINSUM[MODES[mode]], a, b, c, w).reshape(batch, mo * (2 * l3 + 1))
         out[:, oo : oo + mo * (2 * l3 + 1)] += block
     return out
 
@@ -115,7 +117,7 @@ def linear_tables(
             yb = torch.einsum("zui,uw->zwi", xb, w.reshape(mi, mo))
         else:
             yb = torch.einsum("zui,zuw->zwi", xb, w.reshape(-1, mi, mo))
-        out[:, oo : oo + mo * d] += coeff * yb.reshape(x.shape[0], -1)
+        out[:, oo : oo + mo * d] += coeff * yb.reshape(x.shape[0], mo * d)
     return out
 
 

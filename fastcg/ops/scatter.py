@@ -23,7 +23,10 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
         raise ValueError(f"index must have shape [{src.shape[0]}], got {list(index.shape)}")
     index = check_index(index, "index", dim_size, src, "dim_size")
     shape = [dim_size] + list(src.shape[1:])
-    flat = src.reshape(src.shape[0], -1).contiguous()
+    features = 1
+    for n in src.shape[1:]:
+        features *= n
+    flat = src.reshape(src.shape[0], features).contiguous()
     if not torch.jit.is_scripting():
         ns = namespace(src.is_cuda)
         if ns != "fastcg":
