@@ -1,0 +1,72 @@
+"""e3nn-compatible modules on fastcg ops: same constructor arguments, weights and state_dict keys.
+
+An e3nn state_dict loads into the fastcg module unchanged, every module has
+``from_e3nn(module)`` to build the twin of an existing e3nn module, and ``convert(model)`` swaps
+the e3nn modules inside a model for their twins.
+"""
+
+import torch
+
+from .conv import TensorProductConv
+from .gate import Activation, Gate
+from .linear import Linear
+from .spherical_harmonics import SphericalHarmonics
+from .tensor_product import ElementwiseTensorProduct, FullyConnectedTensorProduct, TensorProduct
+
+__all__ = [
+    "Activation",
+    "ElementwiseTensorProduct",
+    "FullyConnectedTensorProduct",
+    "Gate",
+    "Linear",
+    "SphericalHarmonics",
+    "TensorProduct",
+    "TensorProductConv",
+    "convert",
+]
+
+
+def _twin(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The fastcg twin of an e3nn module, or None when there is none (or it is unsupported)."""
+    if not type(module).__module__.startswith("e3nn."):
+        return None
+    from e3nn import nn as e3nn_nn  # e3nn is already imported: ``module`` is one of its modules
+    from e3nn import o3
+
+    # exact subclasses first; other TensorProduct subclasses become plain TensorProducts
+    pairs = [
+        (o3.FullyConnectedTensorProduct, FullyConnectedTensorProduct),
+        (o3.ElementwiseTensorProduct, ElementwiseTensorProduct),
+        (o3.TensorProduct, TensorProduct),
+        (o3.Linear, Linear),
+        (o3.SphericalHarmonics, SphericalHarmonics),
+        (e3nn_nn.Gate, Gate),
+        (e3nn_nn.Activation, Activation),
+    ]
+    for e3nn_cls, cls in pairs:
+        if isinstance(module, e3nn_cls):
+            try:
+                return cls.from_e3nn(module)
+            except NotImplementedError:  # e.g. uvuv paths, Linear with f_in
+                return None
+    return None
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap every supported e3nn module in ``model`` for its fastcg twin, in place.
+
+    Returns ``model`` (or its twin when ``model`` itself is an e3nn module). Weights are copied;
+    modules fastcg does not support (e.g. ``uvuv`` tensor products) stay e3nn.
+
+    >>> from e3nn import o3
+    >>> convert(torch.nn.Sequential(o3.Linear("2x0e", "1x0e")))[0].__class__.__module__
+    'fastcg.nn.linear'
+    """
+    twin = _twin(model)
+    if twin is not None:
+        return twin
+    for name, child in list(model.named_children()):
+        new = convert(child)
+        if new is not child:
+            setattr(model, name, new)
+    return model
