@@ -2,20 +2,34 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# mace-torch 0.3.16 pins e3nn 0.4.4, so its tests run in a second environment.
+MACE_VENV ?= .venv-mace
+MACE_PY := $(MACE_VENV)/bin/python
 export CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: setup build demo test lint bench clean
+.PHONY: setup setup-mace build demo test test-main test-triton test-mace lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 
-# torch only when none is importable: a CUDA build from this machine's disk by default,
-# an existing CPU build (e.g. torch==2.13.0) is kept.
+# torch only when none is importable: an unpinned `pip install torch` (a CUDA build from this
+# machine's disk); an existing build such as the CPU torch 2.13.0 is kept.
 setup: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch
 	$(PIP) install -q ninja
 	$(PIP) install -q --no-build-isolation -e ".[dev]"
+
+$(MACE_PY):
+	python3 -m venv $(MACE_VENV)
+	$(MACE_PY) -m pip install -q --upgrade pip setuptools wheel
+
+# Same torch as the main environment, so the library built there loads here too (a .pth file
+# puts this checkout on the path instead of compiling it a second time).
+setup-mace: $(MACE_PY) setup
+	$(MACE_PY) -m pip install -q "torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
+	$(MACE_PY) -m pip install -q "mace-torch==0.3.16" pytest numpy ase
+	$(MACE_PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'fastcg_checkout.pth'), 'w').write(os.getcwd())"
 
 # Rebuild the C++ library in place after editing csrc/ (ninja makes it incremental).
 build: $(PY)
@@ -24,10 +38,19 @@ build: $(PY)
 demo: setup
 	$(VENV)/bin/fastcg check
 
-test: setup
+test: test-main test-triton test-mace
+
+test-main: setup
 	$(VENV)/bin/ruff check fastcg tests bench tools
 	$(PY) tools/gen_sh.py --check
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/mace
+
+# The Triton interpreter must be switched on before kernels are imported: its own process.
+test-triton: setup
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
+
+test-mace: setup-mace
+	$(MACE_PY) -m pytest -q tests/mace
 
 lint: $(PY)
 	$(VENV)/bin/ruff check fastcg tests bench tools
