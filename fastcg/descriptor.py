@@ -7,7 +7,6 @@ tables every kernel reads, so C++, Triton and CUDA see exactly the same numbers.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from math import sqrt
 from typing import Any
@@ -83,15 +82,16 @@ class TPDescriptor:
     dim_out: int
     weight_numel: int
 
+    def __post_init__(self) -> None:
+        # Packed once here rather than on each call: torch.compile then sees plain tensors and
+        # never traces the packing (or e3nn's wigner_3j behind it).
+        object.__setattr__(self, "_tables", _pack(self))
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(paths int64 [P, 13], cg_index int64 [NNZ, 3], cg_value float64 [NNZ])."""
-        return _pack(self)
-
-    def __hash__(self) -> int:  # descriptors key caches; the tuple of paths is hashable
-        return hash((self.irreps_in1, self.irreps_in2, self.irreps_out, self.paths))
+        return self._tables
 
 
-@functools.cache
 def _pack(desc: TPDescriptor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows, idx, val = [], [], []
     for p in desc.paths:
@@ -231,12 +231,14 @@ class LinearDescriptor:
     dim_out: int
     weight_numel: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tables", _pack_linear(self))  # see TPDescriptor
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(paths int64 [P, 6], path_coeff float64 [P])."""
-        return _pack_linear(self)
+        return self._tables
 
 
-@functools.cache
 def _pack_linear(desc: LinearDescriptor) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [p[2:8] for p in desc.paths]
     paths = torch.tensor(rows, dtype=torch.int64).reshape(-1, 6)

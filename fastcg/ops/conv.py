@@ -7,7 +7,7 @@ from .. import reference
 from ..backend import namespace
 from ..descriptor import TPDescriptor
 from ._checks import check_dims, check_float, check_index, check_last_dim, check_same, check_weights
-from ._trilinear import double_backward, present
+from ._trilinear import double_backward, present, weighted_paths
 
 
 def conv_tables(
@@ -114,11 +114,15 @@ def register(ns: str) -> None:
     def backward_backward(ctx, ggx, ggy, ggw):
         g, x, y, w, src, dst, *tables = ctx.saved_tensors
 
-        def fwd(a, b, c):
-            return ops.conv(a, b, c, src, dst, g.shape[0], *tables, g.shape[1])
+        paths, cg_index, cg_value = tables
 
-        def bwd(a, b, c, mask):
-            return ops.conv_backward(g, a, b, c, src, dst, *tables, mask)
+        def fwd(a, b, c, weighted):
+            p = weighted_paths(paths) if weighted else paths
+            return ops.conv(a, b, c, src, dst, g.shape[0], p, cg_index, cg_value, g.shape[1])
+
+        def bwd(a, b, c, mask, weighted):
+            p = weighted_paths(paths) if weighted else paths
+            return ops.conv_backward(g, a, b, c, src, dst, p, cg_index, cg_value, mask)
 
         gg = present((ggx, ggy, ggw), ctx.mask)
         grads = double_backward(x, y, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)

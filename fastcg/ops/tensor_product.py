@@ -7,7 +7,7 @@ from .. import reference
 from ..backend import namespace
 from ..descriptor import TPDescriptor
 from ._checks import check_float, check_last_dim, check_same, check_weights
-from ._trilinear import double_backward, present
+from ._trilinear import double_backward, present, weighted_paths
 
 
 def broadcast(a: list[int], b: list[int]) -> list[int]:
@@ -111,11 +111,15 @@ def register(ns: str) -> None:
     def backward_backward(ctx, gg1, gg2, ggw):
         g, x1, x2, w, *tables = ctx.saved_tensors
 
-        def fwd(a, b, c):
-            return ops.tensor_product(a, b, c, *tables, g.shape[1])
+        paths, cg_index, cg_value = tables
 
-        def bwd(a, b, c, mask):
-            return ops.tensor_product_backward(g, a, b, c, *tables, mask)
+        def fwd(a, b, c, weighted):
+            p = weighted_paths(paths) if weighted else paths
+            return ops.tensor_product(a, b, c, p, cg_index, cg_value, g.shape[1])
+
+        def bwd(a, b, c, mask, weighted):
+            p = weighted_paths(paths) if weighted else paths
+            return ops.tensor_product_backward(g, a, b, c, p, cg_index, cg_value, mask)
 
         gg = present((gg1, gg2, ggw), ctx.mask)
         grads = double_backward(x1, x2, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
