@@ -180,7 +180,18 @@ def test_opcheck(lmax, normalization, normalize):
     ops = torch.ops.fastcg
     torch.library.opcheck(ops.spherical_harmonics.default, (v, *args))
     torch.library.opcheck(ops.spherical_harmonics_backward.default, (g, v, *args))
-    torch.library.opcheck(ops.spherical_harmonics_double_backward.default, (gg, g, v, *args))
+    # the double backward is the last order: checked without autograd (third order raises)
+    plain = (gg.detach(), g.detach(), v.detach())
+    torch.library.opcheck(ops.spherical_harmonics_double_backward.default, (*plain, *args))
+
+
+def test_third_derivative_raises_clearly():
+    v = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    y = fastcg.spherical_harmonics(v, 2)
+    (g,) = torch.autograd.grad(y.pow(2).sum(), v, create_graph=True)
+    (h,) = torch.autograd.grad(g.pow(2).sum(), v, create_graph=True)
+    with pytest.raises(NotImplementedError, match="third derivatives"):
+        torch.autograd.grad(h.sum(), v)
 
 
 def test_opcheck_float32_and_zero_size():

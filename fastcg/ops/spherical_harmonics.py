@@ -83,6 +83,14 @@ def register(ns: str) -> None:
         g_sh, g_vec = op(grad.contiguous(), grad_sh, vectors, *ctx.args)
         return g_sh, g_vec, None, None, None
 
+    def no_third_derivative(ctx, *grads):
+        raise NotImplementedError(
+            "fastcg: third derivatives of spherical_harmonics are not implemented"
+        )
+
+    torch.library.register_autograd(
+        f"{ns}::spherical_harmonics_double_backward", no_third_derivative
+    )
     torch.library.register_autograd(f"{ns}::spherical_harmonics", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::spherical_harmonics_backward", backward_backward, setup_context=setup_backward
