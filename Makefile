@@ -50,7 +50,7 @@ test-triton: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
 
 test-mace: setup-mace
-	$(MACE_PY) -m pytest -q tests/mace
+	$(MACE_PY) -m pytest -q -p no:cacheprovider tests/mace
 
 lint: $(PY)
 	$(VENV)/bin/ruff check fastcg tests bench tools
