@@ -8,6 +8,14 @@
 
 #include "core/common.h"
 
+// Hot loops are compiled twice, for x86-64-v3 (AVX2 + FMA) and the baseline, and picked at load
+// time: the binary still runs on any x86-64 CPU (no -march=native).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTCG_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FASTCG_CLONES
+#endif
+
 namespace fastcg {
 
 constexpr int64_t kBlock = 64;  // rows per partial sum: fixed, so sums do not depend on threads
@@ -121,6 +129,37 @@ inline void check_index(const at::Tensor& idx, int64_t n, int64_t bound, const c
   for (int64_t i = 0; i < n; ++i)
     TORCH_CHECK(p[i] >= 0 && p[i] < bound, name, "[", i, "] = ", p[i], " is out of range [0, ",
                 bound, ")");
+}
+
+// A (mul, ir) block of an operand, read off the path table; which: 0 x1, 1 x2, 2 output.
+struct Block {
+  int64_t off, mul, dim;
+};
+
+inline std::vector<Block> operand_blocks(const at::Tensor& paths, int which) {
+  const int64_t cols[3][3] = {{P_OFF1, P_MUL1, P_L1}, {P_OFF2, P_MUL2, P_L2}, {P_OFFO, P_MULO, P_L3}};
+  std::vector<Block> out;
+  const int64_t* p = paths.data_ptr<int64_t>();
+  for (int64_t q = 0; q < paths.size(0); ++q, p += P_NCOLS) {
+    const Block b{p[cols[which][0]], p[cols[which][1]], 2 * p[cols[which][2]] + 1};
+    bool seen = false;
+    for (const auto& o : out) seen = seen || o.off == b.off;
+    if (!seen && b.mul > 1 && b.dim > 1) out.push_back(b);  // mul or dim 1: same in both layouts
+  }
+  return out;
+}
+
+// mul_ir -> ir_mul per block (to_irmul) and back; columns outside the blocks are kept.
+inline at::Tensor relayout(const at::Tensor& t, const std::vector<Block>& blocks, bool to_irmul) {
+  if (blocks.empty() || t.size(0) == 0) return t;
+  auto out = t.clone();
+  const int64_t n = t.size(0);
+  for (const auto& b : blocks) {
+    auto src = t.narrow(1, b.off, b.mul * b.dim);
+    auto v = to_irmul ? src.reshape({n, b.mul, b.dim}) : src.reshape({n, b.dim, b.mul});
+    out.narrow(1, b.off, b.mul * b.dim).copy_(v.transpose(1, 2).reshape({n, b.mul * b.dim}));
+  }
+  return out;
 }
 
 // A fresh empty tensor per masked output: outputs of one op must not alias each other.
