@@ -72,34 +72,44 @@ def lit(c: float) -> str:
 
 
 def emit_level(l: int) -> list[str]:
-    """Code computing level l + 1 of Y, dY (GRAD) and H (HESS) from level l."""
+    """Code computing level l + 1 of Y, dY (D >= 1) and H (D >= 2) from level l.
+
+    Arrays hold W lanes (vectors) per entry, lane fastest: each statement is a loop over the
+    lanes, which the compiler turns into SIMD code on the CPU (W = 1 on a GPU thread).
+    """
     base, nbase = l * l, (l + 1) * (l + 1)
+
+    def lane(arr: str, idx: int) -> str:
+        return f"{arr}[{idx} * W + t]"
+
     lines = [f"  if constexpr (L >= {l + 1}) {{"]
     for m, terms in enumerate(recursion_terms(l)):
         o = nbase + m
-        y = " + ".join(f"{lit(c)} * Y[{base + i}] * {XYZ[j]}" for i, j, c in terms)
-        lines.append(f"    Y[{o}] = {y};")
+        y = " + ".join(f"{lit(c)} * {lane('Y', base + i)} * {XYZ[j]}[t]" for i, j, c in terms)
+        lines.append(f"    for (int t = 0; t < W; ++t) {lane('Y', o)} = {y};")
         lines.append("    if constexpr (D >= 1) {")
         for k in range(3):
             parts = []
             for i, j, c in terms:
-                t = f"dY[{3 * (base + i) + k}] * {XYZ[j]}"
+                term = f"{lane('dY', 3 * (base + i) + k)} * {XYZ[j]}[t]"
                 if j == k:
-                    t = f"({t} + Y[{base + i}])"
-                parts.append(f"{lit(c)} * {t}")
-            lines.append(f"      dY[{3 * o + k}] = {' + '.join(parts)};")
+                    term = f"({term} + {lane('Y', base + i)})"
+                parts.append(f"{lit(c)} * {term}")
+            lines.append(f"      for (int t = 0; t < W; ++t) {lane('dY', 3 * o + k)} = "
+                         f"{' + '.join(parts)};")  # fmt: skip
         lines.append("    }")
         lines.append("    if constexpr (D >= 2) {")
         for h, (k, q) in enumerate(PAIRS):
             parts = []
             for i, j, c in terms:
-                t = [f"H[{6 * (base + i) + h}] * {XYZ[j]}"]
+                term = [f"{lane('H', 6 * (base + i) + h)} * {XYZ[j]}[t]"]
                 if j == q:
-                    t.append(f"dY[{3 * (base + i) + k}]")
+                    term.append(lane("dY", 3 * (base + i) + k))
                 if j == k:
-                    t.append(f"dY[{3 * (base + i) + q}]")
-                parts.append(f"{lit(c)} * ({' + '.join(t)})")
-            lines.append(f"      H[{6 * o + h}] = {' + '.join(parts)};")
+                    term.append(lane("dY", 3 * (base + i) + q))
+                parts.append(f"{lit(c)} * ({' + '.join(term)})")
+            lines.append(f"      for (int t = 0; t < W; ++t) {lane('H', 6 * o + h)} = "
+                         f"{' + '.join(parts)};")  # fmt: skip
         lines.append("    }")
     lines.append("  }")
     return lines
@@ -116,18 +126,16 @@ namespace fastcg {
 
 constexpr int SH_LMAX = %d;
 
-// Y[(L+1)^2]; dY[3 * (L+1)^2] (d/dx, d/dy, d/dz per entry); H[6 * (L+1)^2] (xx, xy, xz, yy,
-// yz, zz per entry). dY / H may be null when D is smaller.
-template <int L, int D, typename T>
-FASTCG_HD void sh_poly(T x, T y, T z, T* Y, T* dY, T* H) {
-  Y[0] = T(1);
-  if constexpr (D >= 1) {
-    dY[0] = T(0);
-    dY[1] = T(0);
-    dY[2] = T(0);
-  }
-  if constexpr (D >= 2) {
-    for (int h = 0; h < 6; ++h) H[h] = T(0);
+// W vectors at once (lane t of entry n at [n * W + t]): Y[(L+1)^2 * W]; dY[3 (L+1)^2 * W]
+// (d/dx, d/dy, d/dz per entry); H[6 (L+1)^2 * W] (xx, xy, xz, yy, yz, zz per entry).
+// dY / H may be null when D is smaller.
+template <int L, int D, int W, typename T>
+FASTCG_HD void sh_poly(const T* x, const T* y, const T* z, T* Y, T* dY, T* H) {
+  for (int t = 0; t < W; ++t) {
+    Y[t] = T(1);
+    if constexpr (D >= 1) dY[t] = dY[W + t] = dY[2 * W + t] = T(0);
+    if constexpr (D >= 2)
+      for (int h = 0; h < 6; ++h) H[h * W + t] = T(0);
   }
 """
 

@@ -1,4 +1,5 @@
-// Spherical harmonics of one vector with the normalize chain rule, over the generated sh.h.
+// Spherical harmonics of W vectors at once with the normalize chain rule, over the generated
+// sh.h (W = 1 on a GPU thread; a SIMD-friendly tile on the CPU).
 #pragma once
 #include <cmath>
 
@@ -16,104 +17,119 @@ FASTCG_HD T sh_scale(int normalization, int l) {
   return T(1);
 }
 
-// Polynomial argument: u = r/|r| (zero for r = 0) when normalizing, else r; inv = 1/|r|.
-template <typename T>
-FASTCG_HD bool sh_argument(const T* r, bool normalize, T* u, T& inv) {
-  u[0] = r[0];
-  u[1] = r[1];
-  u[2] = r[2];
-  inv = T(1);
-  if (!normalize) return true;
-  const T n2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
-  if (n2 == T(0)) return false;  // zero vector: value at u = 0, all derivatives zero
-  inv = T(1) / std::sqrt(n2);
-  u[0] *= inv;
-  u[1] *= inv;
-  u[2] *= inv;
-  return true;
+// Lanes of the polynomial argument: u = r/|r| and inv = 1/|r| when normalizing (u = 0 and
+// inv = 0 for a zero vector, which zeroes every derivative below), else u = r and inv = 1.
+template <int W, typename T>
+FASTCG_HD void sh_argument(const T* r, int n, bool normalize, T* x, T* y, T* z, T* inv) {
+  for (int t = 0; t < W; ++t) {
+    const bool live = t < n;
+    x[t] = live ? r[3 * t] : T(0);
+    y[t] = live ? r[3 * t + 1] : T(0);
+    z[t] = live ? r[3 * t + 2] : T(0);
+    inv[t] = T(1);
+  }
+  if (!normalize) return;
+  for (int t = 0; t < W; ++t) {
+    const T n2 = x[t] * x[t] + y[t] * y[t] + z[t] * z[t];
+    inv[t] = n2 > T(0) ? T(1) / std::sqrt(n2) : T(0);
+    x[t] *= inv[t];
+    y[t] *= inv[t];
+    z[t] *= inv[t];
+  }
 }
 
-// out[dim] = Y(r) scaled.
-template <int L, typename T>
-FASTCG_HD void sh_forward(const T* r, bool normalize, int normalization, T* out) {
-  T u[3], inv;
-  if (!sh_argument(r, normalize, u, inv)) u[0] = u[1] = u[2] = T(0);
-  sh_poly<L, 0, T>(u[0], u[1], u[2], out, nullptr, nullptr);
-  if (normalization != 0)
-    for (int l = 0; l <= L; ++l)
-      for (int m = l * l; m < sh_dim(l); ++m) out[m] *= sh_scale<T>(normalization, l);
-}
-
-// v = sum_m g_m s_l dP_m (a 3-vector), given dP [3 * dim].
-template <int L, typename T>
-FASTCG_HD void sh_contract_grad(const T* g, const T* dP, int normalization, T* v) {
-  v[0] = v[1] = v[2] = T(0);
+// out[t * dim + m] = Y_m(r_t) for the first n of W vectors.
+template <int L, int W, typename T>
+FASTCG_HD void sh_forward(const T* r, int n, bool normalize, int normalization, T* out) {
+  constexpr int dim = sh_dim(L);
+  T x[W], y[W], z[W], inv[W], Y[dim * W];
+  sh_argument<W, T>(r, n, normalize, x, y, z, inv);
+  sh_poly<L, 0, W, T>(x, y, z, Y, nullptr, nullptr);
   for (int l = 0; l <= L; ++l) {
     const T s = sh_scale<T>(normalization, l);
     for (int m = l * l; m < sh_dim(l); ++m)
-      for (int k = 0; k < 3; ++k) v[k] += s * g[m] * dP[3 * m + k];
+      for (int t = 0; t < n; ++t) out[t * dim + m] = s * Y[m * W + t];
   }
 }
 
-// J^T v with J = du/dr = (I - u u^T) / |r| (identity without normalize).
-template <typename T>
-FASTCG_HD void sh_project(const T* v, const T* u, T inv, bool normalize, T* out) {
-  if (!normalize) {
-    out[0] = v[0];
-    out[1] = v[1];
-    out[2] = v[2];
-    return;
+// Lanes of J^T v with J = du/dr = (I - u u^T) / |r| (identity without normalize), in place.
+template <int W, typename T>
+FASTCG_HD void sh_project(T* v0, T* v1, T* v2, const T* x, const T* y, const T* z, const T* inv,
+                          bool normalize) {
+  if (!normalize) return;
+  for (int t = 0; t < W; ++t) {
+    const T vu = v0[t] * x[t] + v1[t] * y[t] + v2[t] * z[t];
+    v0[t] = (v0[t] - vu * x[t]) * inv[t];
+    v1[t] = (v1[t] - vu * y[t]) * inv[t];
+    v2[t] = (v2[t] - vu * z[t]) * inv[t];
   }
-  const T vu = v[0] * u[0] + v[1] * u[1] + v[2] * u[2];
-  for (int k = 0; k < 3; ++k) out[k] = (v[k] - vu * u[k]) * inv;
 }
 
-// grad_r = sum_m g_m dY_m/dr.
-template <int L, typename T>
-FASTCG_HD void sh_backward(const T* g, const T* r, bool normalize, int normalization, T* grad) {
-  T u[3], inv, Y[sh_dim(L)], dP[3 * sh_dim(L)], v[3];
-  grad[0] = grad[1] = grad[2] = T(0);
-  if (!sh_argument(r, normalize, u, inv)) return;
-  sh_poly<L, 1, T>(u[0], u[1], u[2], Y, dP, nullptr);
-  sh_contract_grad<L, T>(g, dP, normalization, v);
-  sh_project(v, u, inv, normalize, grad);
+// grad[t] = sum_m g[t, m] dY_m/dr (r_t), for the first n of W vectors.
+template <int L, int W, typename T>
+FASTCG_HD void sh_backward(const T* g, const T* r, int n, bool normalize, int normalization,
+                           T* grad) {
+  constexpr int dim = sh_dim(L);
+  T x[W], y[W], z[W], inv[W], Y[dim * W], dP[3 * dim * W];
+  sh_argument<W, T>(r, n, normalize, x, y, z, inv);
+  sh_poly<L, 1, W, T>(x, y, z, Y, dP, nullptr);
+  T v[3][W] = {};
+  for (int l = 0; l <= L; ++l) {
+    const T s = sh_scale<T>(normalization, l);
+    for (int m = l * l; m < sh_dim(l); ++m)
+      for (int k = 0; k < 3; ++k)
+        for (int t = 0; t < n; ++t) v[k][t] += s * g[t * dim + m] * dP[(3 * m + k) * W + t];
+  }
+  sh_project<W, T>(v[0], v[1], v[2], x, y, z, inv, normalize);
+  for (int t = 0; t < n; ++t)
+    for (int k = 0; k < 3; ++k) grad[3 * t + k] = v[k][t];
 }
 
-// Given gg (cotangent of grad_r): gg_sh[m] = dY_m/dr . gg and grad_r = sum_m g_m H_m gg.
-template <int L, typename T>
-FASTCG_HD void sh_double_backward(const T* gg, const T* g, const T* r, bool normalize,
+// Given gg (cotangent of grad_r): gg_sh[t, m] = dY_m/dr . gg and grad[t] = sum_m g_m H_m gg.
+template <int L, int W, typename T>
+FASTCG_HD void sh_double_backward(const T* gg, const T* g, const T* r, int n, bool normalize,
                                   int normalization, T* gg_sh, T* grad) {
-  T u[3], inv, Y[sh_dim(L)], dP[3 * sh_dim(L)], H[6 * sh_dim(L)];
-  grad[0] = grad[1] = grad[2] = T(0);
-  for (int m = 0; m < sh_dim(L); ++m) gg_sh[m] = T(0);
-  if (!sh_argument(r, normalize, u, inv)) return;
-  sh_poly<L, 2, T>(u[0], u[1], u[2], Y, dP, H);
-  T t[3];  // J gg: the direction in u-space
-  sh_project(gg, u, inv, normalize, t);
-  T v[3] = {0, 0, 0}, hv[3] = {0, 0, 0};
+  constexpr int dim = sh_dim(L);
+  T x[W], y[W], z[W], inv[W], Y[dim * W], dP[3 * dim * W], H[6 * dim * W];
+  sh_argument<W, T>(r, n, normalize, x, y, z, inv);
+  sh_poly<L, 2, W, T>(x, y, z, Y, dP, H);
+  T q[3][W], d[3][W];  // gg and its direction in u-space, J gg
+  for (int t = 0; t < W; ++t)
+    for (int k = 0; k < 3; ++k) q[k][t] = d[k][t] = t < n ? gg[3 * t + k] : T(0);
+  sh_project<W, T>(d[0], d[1], d[2], x, y, z, inv, normalize);
+  T v[3][W] = {}, hv[3][W] = {};
   for (int l = 0; l <= L; ++l) {
     const T s = sh_scale<T>(normalization, l);
     for (int m = l * l; m < sh_dim(l); ++m) {
-      const T* d = dP + 3 * m;
-      const T* h = H + 6 * m;
-      gg_sh[m] = s * (d[0] * t[0] + d[1] * t[1] + d[2] * t[2]);
-      const T gs = s * g[m];
-      for (int k = 0; k < 3; ++k) v[k] += gs * d[k];
-      hv[0] += gs * (h[0] * t[0] + h[1] * t[1] + h[2] * t[2]);
-      hv[1] += gs * (h[1] * t[0] + h[3] * t[1] + h[4] * t[2]);
-      hv[2] += gs * (h[2] * t[0] + h[4] * t[1] + h[5] * t[2]);
+      const T* p = dP + 3 * m * W;
+      const T* h = H + 6 * m * W;
+      for (int t = 0; t < n; ++t) {
+        gg_sh[t * dim + m] = s * (p[t] * d[0][t] + p[W + t] * d[1][t] + p[2 * W + t] * d[2][t]);
+        const T gs = s * g[t * dim + m];
+        for (int k = 0; k < 3; ++k) v[k][t] += gs * p[k * W + t];
+        hv[0][t] += gs * (h[t] * d[0][t] + h[W + t] * d[1][t] + h[2 * W + t] * d[2][t]);
+        hv[1][t] += gs * (h[W + t] * d[0][t] + h[3 * W + t] * d[1][t] + h[4 * W + t] * d[2][t]);
+        hv[2][t] +=
+            gs * (h[2 * W + t] * d[0][t] + h[4 * W + t] * d[1][t] + h[5 * W + t] * d[2][t]);
+      }
     }
   }
-  sh_project(hv, u, inv, normalize, grad);  // J^T (H J gg)
-  if (!normalize) return;
-  // plus sum_i v_i d2u_i/dr dr . gg, d2u_i/dr_a dr_b = (3 u_i u_a u_b - d_ia u_b - d_ib u_a
-  // - d_ab u_i) / |r|^2
-  const T vu = v[0] * u[0] + v[1] * u[1] + v[2] * u[2];
-  const T gu = gg[0] * u[0] + gg[1] * u[1] + gg[2] * u[2];
-  const T vg = v[0] * gg[0] + v[1] * gg[1] + v[2] * gg[2];
-  const T i2 = inv * inv;
-  for (int b = 0; b < 3; ++b)
-    grad[b] += i2 * (T(3) * vu * gu * u[b] - vg * u[b] - v[b] * gu - gg[b] * vu);
+  sh_project<W, T>(hv[0], hv[1], hv[2], x, y, z, inv, normalize);  // J^T (H J gg)
+  for (int t = 0; t < n; ++t) {
+    T extra[3] = {T(0), T(0), T(0)};
+    if (normalize) {
+      // + sum_i v_i d2u_i/(dr dr) gg, with d2u_i/(dr_a dr_b) = (3 u_i u_a u_b - d_ia u_b
+      // - d_ib u_a - d_ab u_i) / |r|^2
+      const T u[3] = {x[t], y[t], z[t]};
+      const T vu = v[0][t] * u[0] + v[1][t] * u[1] + v[2][t] * u[2];
+      const T gu = q[0][t] * u[0] + q[1][t] * u[1] + q[2][t] * u[2];
+      const T vg = v[0][t] * q[0][t] + v[1][t] * q[1][t] + v[2][t] * q[2][t];
+      const T i2 = inv[t] * inv[t];
+      for (int b = 0; b < 3; ++b)
+        extra[b] = i2 * (T(3) * vu * gu * u[b] - vg * u[b] - v[b][t] * gu - q[b][t] * vu);
+    }
+    for (int b = 0; b < 3; ++b) grad[3 * t + b] = hv[b][t] + extra[b];
+  }
 }
 
 }  // namespace fastcg

@@ -1,284 +1,268 @@
 // One CG path for one row (or edge), every connection mode; shared by CPU and CUDA kernels.
-//
-// Operands are in ir_mul layout inside the kernels (element (u, i) of a block at
-// off + i * mul + u): the channel loop is then the innermost, contiguous one and vectorises.
-// Weights keep e3nn's layout. The public boundary stays mul_ir; kernels transpose once per call.
 #pragma once
 #include "core/common.h"
 
-#if defined(__CUDACC__) || defined(__GNUC__)
-#define FASTCG_RESTRICT __restrict__
+// Hot helpers must inline into the CPU kernels' per-ISA clones (target_clones) to vectorise there.
+#if defined(__CUDACC__)
+#define FASTCG_HDI FASTCG_HD
 #else
-#define FASTCG_RESTRICT
+#define FASTCG_HDI inline __attribute__((always_inline))
 #endif
+#define FASTCG_RESTRICT __restrict__
 
 namespace fastcg {
 
-struct PathView {
-  int64_t mode, m1, m2, mo, d1, d2, d3, off1, off2, offo, woff, begin, end;
-};
-
-FASTCG_HD PathView path_view(const int64_t* p) {
-  return {p[P_MODE], p[P_MUL1], p[P_MUL2], p[P_MULO], 2 * p[P_L1] + 1, 2 * p[P_L2] + 1,
-          2 * p[P_L3] + 1, p[P_OFF1], p[P_OFF2], p[P_OFFO], p[P_WOFF], p[P_CG_BEGIN],
-          p[P_CG_END]};
-}
-
-constexpr int kMaxIrDim = 17;  // 2l+1 for l <= 8
-
-// cp[i * d3 + k] = sum_j C[i, j, k] * x2[j]: with one x2 channel (uvu against spherical
-// harmonics, the NequIP / MACE case) the CG table collapses to a d1 x d3 matrix per edge, which
-// halves the vector work (351 CG entries -> 303 (i, k) pairs + 86 products per edge for MACE).
 template <typename T>
-FASTCG_HD void contract_x2(const PathView& q, const int64_t* cgi, const double* cgv, const T* b,
-                           T* cp) {
-  for (int64_t n = 0; n < q.d1 * q.d3; ++n) cp[n] = T(0);
-  for (int64_t n = q.begin; n < q.end; ++n)
-    cp[cgi[3 * n] * q.d3 + cgi[3 * n + 2]] += T(cgv[n]) * b[cgi[3 * n + 1]];
-}
-
-// out += path(x1, x2, w); w = null or w_off < 0 means weight 1.
-template <typename T>
-FASTCG_HD void tp_path_forward(const int64_t* p, const int64_t* cgi, const double* cgv,
-                               const T* FASTCG_RESTRICT x1, const T* FASTCG_RESTRICT x2,
-                               const T* FASTCG_RESTRICT w, T* FASTCG_RESTRICT out) {
-  const PathView q = path_view(p);
-  const T* a = x1 + q.off1;
-  const T* b = x2 + q.off2;
-  T* o = out + q.offo;
-  const T* W = q.woff >= 0 ? w + q.woff : nullptr;
-  if (q.mode == UVU && q.m2 == 1) {
-    T cp[kMaxIrDim * kMaxIrDim];
-    contract_x2(q, cgi, cgv, b, cp);
-    for (int64_t i = 0; i < q.d1; ++i) {
-      const T* ai = a + i * q.m1;
-      for (int64_t k = 0; k < q.d3; ++k) {
-        const T c = cp[i * q.d3 + k];
-        if (c == T(0)) continue;
-        T* ok = o + k * q.m1;
-        if (W) {
-          for (int64_t u = 0; u < q.m1; ++u) ok[u] += c * W[u] * ai[u];
-        } else {
-          for (int64_t u = 0; u < q.m1; ++u) ok[u] += c * ai[u];
-        }
-      }
-    }
-    return;
-  }
-  for (int64_t n = q.begin; n < q.end; ++n) {
+FASTCG_HD void tp_path_forward(const int64_t* p, const int64_t* cgi, const double* cgv, const T* x1,
+                               const T* x2, const T* w, T* out) {
+  const int64_t mode = p[P_MODE], m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
+  const int64_t d1 = 2 * p[P_L1] + 1, d2 = 2 * p[P_L2] + 1, d3 = 2 * p[P_L3] + 1;
+  const T* a = x1 + p[P_OFF1];
+  const T* b = x2 + p[P_OFF2];
+  T* o = out + p[P_OFFO];
+  const T* W = p[P_WOFF] >= 0 ? w + p[P_WOFF] : nullptr;
+  for (int64_t n = p[P_CG_BEGIN]; n < p[P_CG_END]; ++n) {
     const int64_t i = cgi[3 * n], j = cgi[3 * n + 1], k = cgi[3 * n + 2];
     const T c = T(cgv[n]);
-    const T* ai = a + i * q.m1;
-    const T* bj = b + j * q.m2;
-    switch (q.mode) {
-      case UVW: {
-        T* ok = o + k * q.mo;
-        for (int64_t u = 0; u < q.m1; ++u)
-          for (int64_t v = 0; v < q.m2; ++v) {
-            const T s = c * ai[u] * bj[v];
-            const T* wr = W + (u * q.m2 + v) * q.mo;
-            for (int64_t t = 0; t < q.mo; ++t) ok[t] += s * wr[t];
-          }
-        break;
-      }
-      case UVU: {
-        T* ok = o + k * q.m1;
-        for (int64_t v = 0; v < q.m2; ++v) {
-          const T s = c * bj[v];
-          if (W) {
-            for (int64_t u = 0; u < q.m1; ++u) ok[u] += s * W[u * q.m2 + v] * ai[u];
-          } else {
-            for (int64_t u = 0; u < q.m1; ++u) ok[u] += s * ai[u];
-          }
+    if (mode == UVW) {
+      for (int64_t u = 0; u < m1; ++u)
+        for (int64_t v = 0; v < m2; ++v) {
+          const T s = c * a[u * d1 + i] * b[v * d2 + j];
+          const T* wr = W + (u * m2 + v) * mo;
+          for (int64_t q = 0; q < mo; ++q) o[q * d3 + k] += s * wr[q];
         }
-        break;
+    } else if (mode == UVU) {
+      for (int64_t u = 0; u < m1; ++u) {
+        T s = 0;
+        for (int64_t v = 0; v < m2; ++v) s += (W ? W[u * m2 + v] : T(1)) * b[v * d2 + j];
+        o[u * d3 + k] += c * a[u * d1 + i] * s;
       }
-      case UVV: {
-        T* ok = o + k * q.m2;
-        for (int64_t u = 0; u < q.m1; ++u) {
-          const T s = c * ai[u];
-          if (W) {
-            const T* wr = W + u * q.m2;
-            for (int64_t v = 0; v < q.m2; ++v) ok[v] += s * wr[v] * bj[v];
-          } else {
-            for (int64_t v = 0; v < q.m2; ++v) ok[v] += s * bj[v];
-          }
-        }
-        break;
+    } else if (mode == UVV) {
+      for (int64_t v = 0; v < m2; ++v) {
+        T s = 0;
+        for (int64_t u = 0; u < m1; ++u) s += (W ? W[u * m2 + v] : T(1)) * a[u * d1 + i];
+        o[v * d3 + k] += c * b[v * d2 + j] * s;
       }
-      case UUW: {
-        T* ok = o + k * q.mo;
-        for (int64_t u = 0; u < q.m1; ++u) {
-          const T s = c * ai[u] * bj[u];
-          if (W) {
-            const T* wr = W + u * q.mo;
-            for (int64_t t = 0; t < q.mo; ++t) ok[t] += s * wr[t];
-          } else {
-            for (int64_t t = 0; t < q.mo; ++t) ok[t] += s;
-          }
-        }
-        break;
+    } else if (mode == UUW) {
+      for (int64_t u = 0; u < m1; ++u) {
+        const T s = c * a[u * d1 + i] * b[u * d2 + j];
+        for (int64_t q = 0; q < mo; ++q) o[q * d3 + k] += s * (W ? W[u * mo + q] : T(1));
       }
-      default: {  // UUU
-        T* ok = o + k * q.m1;
-        if (W) {
-          for (int64_t u = 0; u < q.m1; ++u) ok[u] += c * W[u] * ai[u] * bj[u];
-        } else {
-          for (int64_t u = 0; u < q.m1; ++u) ok[u] += c * ai[u] * bj[u];
-        }
-      }
+    } else {  // UUU
+      for (int64_t u = 0; u < m1; ++u)
+        o[u * d3 + k] += c * (W ? W[u] : T(1)) * a[u * d1 + i] * b[u * d2 + j];
     }
   }
 }
 
-// Backward of a uvu path with one x2 channel, through the contracted table cp = C . x2:
-//   grad a_i += cp_ik W g_k,  grad W += cp_ik a_i g_k,  grad x2_j += C_ijk (W a_i . g_k).
+// Gradient of sum(g * out) for one path and one row; null outputs are skipped.
 template <typename T>
-FASTCG_HD void uvu1_backward(const PathView& q, const int64_t* cgi, const double* cgv,
-                             const T* FASTCG_RESTRICT go, const T* FASTCG_RESTRICT a,
-                             const T* FASTCG_RESTRICT b, const T* FASTCG_RESTRICT W,
-                             T* FASTCG_RESTRICT ga, T* FASTCG_RESTRICT gb,
-                             T* FASTCG_RESTRICT gW) {
-  const int64_t m = q.m1;
-  T cp[kMaxIrDim * kMaxIrDim];
-  if (ga || gW) contract_x2(q, cgi, cgv, b, cp);
-  T dots[kMaxIrDim * kMaxIrDim];  // (W a_i) . g_k, only when grad x2 is wanted
-  for (int64_t i = 0; i < q.d1; ++i) {
-    const T* ai = a + i * m;
-    if (ga || gW) {
-      T* gai = ga ? ga + i * m : nullptr;
-      for (int64_t k = 0; k < q.d3; ++k) {
-        const T c = cp[i * q.d3 + k];
-        if (c == T(0)) continue;
-        const T* gk = go + k * m;
-        if (gai) {
-          if (W) {
-            for (int64_t u = 0; u < m; ++u) gai[u] += c * W[u] * gk[u];
-          } else {
-            for (int64_t u = 0; u < m; ++u) gai[u] += c * gk[u];
-          }
-        }
-        if (gW)
-          for (int64_t u = 0; u < m; ++u) gW[u] += c * ai[u] * gk[u];
-      }
-    }
-    if (gb) {
-      for (int64_t k = 0; k < q.d3; ++k) {
-        const T* gk = go + k * m;
-        T acc = T(0);
-        if (W) {
-          for (int64_t u = 0; u < m; ++u) acc += W[u] * ai[u] * gk[u];
-        } else {
-          for (int64_t u = 0; u < m; ++u) acc += ai[u] * gk[u];
-        }
-        dots[i * q.d3 + k] = acc;
-      }
-    }
-  }
-  if (gb)
-    for (int64_t n = q.begin; n < q.end; ++n)
-      gb[cgi[3 * n + 1]] += T(cgv[n]) * dots[cgi[3 * n] * q.d3 + cgi[3 * n + 2]];
-}
-
-// Gradient of sum(g * out) for one path: gx1 += ..., gx2 += ..., gw += ... (null: skipped).
-template <typename T>
-FASTCG_HD void tp_path_backward(const int64_t* p, const int64_t* cgi, const double* cgv,
-                                const T* FASTCG_RESTRICT g, const T* FASTCG_RESTRICT x1,
-                                const T* FASTCG_RESTRICT x2, const T* FASTCG_RESTRICT w,
-                                T* FASTCG_RESTRICT gx1, T* FASTCG_RESTRICT gx2,
-                                T* FASTCG_RESTRICT gw) {
-  const PathView q = path_view(p);
-  const T* a = x1 + q.off1;
-  const T* b = x2 + q.off2;
-  const T* go = g + q.offo;
-  const T* W = q.woff >= 0 ? w + q.woff : nullptr;
-  T* ga = gx1 ? gx1 + q.off1 : nullptr;
-  T* gb = gx2 ? gx2 + q.off2 : nullptr;
-  T* gW = (gw && W) ? gw + q.woff : nullptr;
-  if (q.mode == UVU && q.m2 == 1) {
-    uvu1_backward(q, cgi, cgv, go, a, b, W, ga, gb, gW);
-    return;
-  }
-  for (int64_t n = q.begin; n < q.end; ++n) {
+FASTCG_HD void tp_path_backward(const int64_t* p, const int64_t* cgi, const double* cgv, const T* g,
+                                const T* x1, const T* x2, const T* w, T* gx1, T* gx2, T* gw) {
+  const int64_t mode = p[P_MODE], m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
+  const int64_t d1 = 2 * p[P_L1] + 1, d2 = 2 * p[P_L2] + 1, d3 = 2 * p[P_L3] + 1;
+  const T* a = x1 + p[P_OFF1];
+  const T* b = x2 + p[P_OFF2];
+  const T* go = g + p[P_OFFO];
+  const bool has_w = p[P_WOFF] >= 0;
+  const T* W = has_w ? w + p[P_WOFF] : nullptr;
+  T* ga = gx1 ? gx1 + p[P_OFF1] : nullptr;
+  T* gb = gx2 ? gx2 + p[P_OFF2] : nullptr;
+  T* gW = (gw && has_w) ? gw + p[P_WOFF] : nullptr;
+  for (int64_t n = p[P_CG_BEGIN]; n < p[P_CG_END]; ++n) {
     const int64_t i = cgi[3 * n], j = cgi[3 * n + 1], k = cgi[3 * n + 2];
     const T c = T(cgv[n]);
-    const T* ai = a + i * q.m1;
-    const T* bj = b + j * q.m2;
-    T* gai = ga ? ga + i * q.m1 : nullptr;
-    T* gbj = gb ? gb + j * q.m2 : nullptr;
-    switch (q.mode) {
-      case UVW: {
-        const T* gk = go + k * q.mo;
-        for (int64_t u = 0; u < q.m1; ++u)
-          for (int64_t v = 0; v < q.m2; ++v) {
-            const T* wr = W + (u * q.m2 + v) * q.mo;
-            T s = 0;
-            for (int64_t t = 0; t < q.mo; ++t) s += wr[t] * gk[t];
-            if (gai) gai[u] += c * bj[v] * s;
-            if (gbj) gbj[v] += c * ai[u] * s;
-            if (gW) {
-              const T cab = c * ai[u] * bj[v];
-              T* gr = gW + (u * q.m2 + v) * q.mo;
-              for (int64_t t = 0; t < q.mo; ++t) gr[t] += cab * gk[t];
-            }
-          }
-        break;
-      }
-      case UVU: {
-        const T* gk = go + k * q.m1;
-        for (int64_t v = 0; v < q.m2; ++v) {
-          const T cb = c * bj[v];
-          T sb = 0;
-          for (int64_t u = 0; u < q.m1; ++u) {
-            const T wv = W ? W[u * q.m2 + v] : T(1);
-            if (gai) gai[u] += cb * wv * gk[u];
-            sb += wv * ai[u] * gk[u];
-            if (gW) gW[u * q.m2 + v] += cb * ai[u] * gk[u];
-          }
-          if (gbj) gbj[v] += c * sb;
-        }
-        break;
-      }
-      case UVV: {
-        const T* gk = go + k * q.m2;
-        for (int64_t u = 0; u < q.m1; ++u) {
-          const T ca = c * ai[u];
-          T sa = 0;
-          for (int64_t v = 0; v < q.m2; ++v) {
-            const T wv = W ? W[u * q.m2 + v] : T(1);
-            sa += wv * bj[v] * gk[v];
-            if (gbj) gbj[v] += ca * wv * gk[v];
-            if (gW) gW[u * q.m2 + v] += ca * bj[v] * gk[v];
-          }
-          if (gai) gai[u] += c * sa;
-        }
-        break;
-      }
-      case UUW: {
-        const T* gk = go + k * q.mo;
-        for (int64_t u = 0; u < q.m1; ++u) {
+    for (int64_t u = 0; u < m1; ++u) {
+      if (mode == UVW) {
+        for (int64_t v = 0; v < m2; ++v) {
+          const T* wr = W + (u * m2 + v) * mo;
           T s = 0;
-          for (int64_t t = 0; t < q.mo; ++t) s += (W ? W[u * q.mo + t] : T(1)) * gk[t];
-          if (gai) gai[u] += c * bj[u] * s;
-          if (gbj) gbj[u] += c * ai[u] * s;
+          for (int64_t q = 0; q < mo; ++q) s += wr[q] * go[q * d3 + k];
+          if (ga) ga[u * d1 + i] += c * b[v * d2 + j] * s;
+          if (gb) gb[v * d2 + j] += c * a[u * d1 + i] * s;
           if (gW) {
-            const T cab = c * ai[u] * bj[u];
-            for (int64_t t = 0; t < q.mo; ++t) gW[u * q.mo + t] += cab * gk[t];
+            const T t = c * a[u * d1 + i] * b[v * d2 + j];
+            T* gr = gW + (u * m2 + v) * mo;
+            for (int64_t q = 0; q < mo; ++q) gr[q] += t * go[q * d3 + k];
           }
         }
-        break;
-      }
-      default: {  // UUU
-        const T* gk = go + k * q.m1;
-        for (int64_t u = 0; u < q.m1; ++u) {
-          const T wv = W ? W[u] : T(1);
-          if (gai) gai[u] += c * wv * bj[u] * gk[u];
-          if (gbj) gbj[u] += c * wv * ai[u] * gk[u];
-          if (gW) gW[u] += c * ai[u] * bj[u] * gk[u];
+      } else if (mode == UVU || mode == UVV) {
+        for (int64_t v = 0; v < m2; ++v) {
+          const T gk = go[(mode == UVU ? u : v) * d3 + k];
+          const T wv = W ? W[u * m2 + v] : T(1);
+          if (ga) ga[u * d1 + i] += c * wv * b[v * d2 + j] * gk;
+          if (gb) gb[v * d2 + j] += c * wv * a[u * d1 + i] * gk;
+          if (gW) gW[u * m2 + v] += c * a[u * d1 + i] * b[v * d2 + j] * gk;
         }
+      } else if (mode == UUW) {
+        T s = 0;
+        for (int64_t q = 0; q < mo; ++q) s += (W ? W[u * mo + q] : T(1)) * go[q * d3 + k];
+        if (ga) ga[u * d1 + i] += c * b[u * d2 + j] * s;
+        if (gb) gb[u * d2 + j] += c * a[u * d1 + i] * s;
+        if (gW) {
+          const T t = c * a[u * d1 + i] * b[u * d2 + j];
+          for (int64_t q = 0; q < mo; ++q) gW[u * mo + q] += t * go[q * d3 + k];
+        }
+      } else {  // UUU
+        const T gk = go[u * d3 + k];
+        const T wv = W ? W[u] : T(1);
+        if (ga) ga[u * d1 + i] += c * wv * b[u * d2 + j] * gk;
+        if (gb) gb[u * d2 + j] += c * wv * a[u * d1 + i] * gk;
+        if (gW) gW[u] += c * a[u * d1 + i] * b[u * d2 + j] * gk;
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channel-fastest ("ir_mul") form of the uvu path with mul2 == 1 (x2 = spherical harmonics or
+// any single-channel block), where MACE and NequIP convolutions spend their time:
+//   out[u,k] = W[u] * sum_i s[i,k] x1[u,i],   s[i,k] = sum_j c_ijk x2[j] (the coupling),
+// so every inner loop runs over channels u with unit stride (x1T[i*m + u], outT[k*m + u]).
+
+// s[i*d3 + k] += sum_j c_ijk y[j] over the path's CG rows [begin, end); s starts at zero.
+template <typename T>
+FASTCG_HDI void uvu1_coupling(const int64_t* cgi, const double* cgv, int64_t begin, int64_t end,
+                              int64_t d3, const T* y, T* s) {
+  for (int64_t n = begin; n < end; ++n)
+    s[cgi[3 * n] * d3 + cgi[3 * n + 2]] += T(cgv[n]) * y[cgi[3 * n + 1]];
+}
+
+// outT[k][u] += sum_i s[i,k] W[u] x1T[i][u]; W null means weight 1; aw is scratch [d1*m].
+// Channels go in chunks of L held in registers across the i sum (one load/store of out per k
+// instead of one per (i, k)); L = 128 bytes = four AVX2 registers.
+template <typename T>
+FASTCG_HDI void uvu1_forward(int64_t m, int64_t d1, int64_t d3, const T* FASTCG_RESTRICT s,
+                             const T* FASTCG_RESTRICT aT, const T* FASTCG_RESTRICT W,
+                             T* FASTCG_RESTRICT aw, T* FASTCG_RESTRICT oT) {
+  constexpr int64_t L = 128 / sizeof(T);
+  const T* a = aT;
+  if (W) {
+    for (int64_t i = 0; i < d1; ++i)
+      for (int64_t u = 0; u < m; ++u) aw[i * m + u] = W[u] * aT[i * m + u];
+    a = aw;
+  }
+  const int64_t mL = m - m % L;
+  for (int64_t k = 0; k < d3; ++k) {
+    T* o = oT + k * m;
+    for (int64_t u0 = 0; u0 < mL; u0 += L) {
+      T acc[L];
+      for (int64_t l = 0; l < L; ++l) acc[l] = o[u0 + l];
+      for (int64_t i = 0; i < d1; ++i) {
+        const T c = s[i * d3 + k];
+        if (c == T(0)) continue;  // the CG zero pattern: many (i, k) of a path couple nothing
+        const T* ai = a + i * m + u0;
+        for (int64_t l = 0; l < L; ++l) acc[l] += c * ai[l];
+      }
+      for (int64_t l = 0; l < L; ++l) o[u0 + l] = acc[l];
+    }
+    for (int64_t i = 0; i < d1 && mL < m; ++i) {
+      const T c = s[i * d3 + k];
+      if (c == T(0)) continue;
+      for (int64_t u = mL; u < m; ++u) o[u] += c * a[i * m + u];
+    }
+  }
+}
+
+// h[u] = sum_k s[k] g[k][u] for channels [0, len) (len == L when Full), kept in registers;
+// then gai[u] += W[u] h[u] and gW[u] += ai[u] h[u].
+template <typename T, bool Full>
+FASTCG_HDI void uvu1_backward_h(int64_t len_, int64_t d3, const T* FASTCG_RESTRICT s,
+                                const T* FASTCG_RESTRICT ai, const T* FASTCG_RESTRICT g,
+                                int64_t m, const T* FASTCG_RESTRICT W, T* FASTCG_RESTRICT gai,
+                                T* FASTCG_RESTRICT gW) {
+  constexpr int64_t L = 128 / sizeof(T);
+  const int64_t len = Full ? L : len_;
+  T h[L];
+  for (int64_t l = 0; l < len; ++l) h[l] = T(0);
+  for (int64_t k = 0; k < d3; ++k) {
+    const T c = s[k];
+    if (c == T(0)) continue;
+    const T* gk = g + k * m;
+    for (int64_t l = 0; l < len; ++l) h[l] += c * gk[l];
+  }
+  if (gai)
+    for (int64_t l = 0; l < len; ++l) gai[l] += (W ? W[l] : T(1)) * h[l];
+  if (gW)
+    for (int64_t l = 0; l < len; ++l) gW[l] += ai[l] * h[l];
+}
+
+// M[k] = sum_u aw[u] g[k][u] for K (<= 4) rows k: K x V partial sums stay in registers, so each
+// aw load feeds K FMAs and nothing is stored inside the loop.
+template <typename T>
+FASTCG_HDI void dots4(int64_t m, int64_t K, const T* FASTCG_RESTRICT aw,
+                      const T* FASTCG_RESTRICT g, T* FASTCG_RESTRICT M) {
+  constexpr int64_t V = 64 / sizeof(T);
+  const T* g0 = g;
+  const T* g1 = K > 1 ? g + m : g;
+  const T* g2 = K > 2 ? g + 2 * m : g;
+  const T* g3 = K > 3 ? g + 3 * m : g;
+  T a0[V], a1[V], a2[V], a3[V];
+  for (int64_t l = 0; l < V; ++l) a0[l] = a1[l] = a2[l] = a3[l] = T(0);
+  const int64_t mV = m - m % V;
+  for (int64_t u0 = 0; u0 < mV; u0 += V)
+    for (int64_t l = 0; l < V; ++l) {
+      const T w = aw[u0 + l];
+      a0[l] += w * g0[u0 + l];
+      a1[l] += w * g1[u0 + l];
+      a2[l] += w * g2[u0 + l];
+      a3[l] += w * g3[u0 + l];
+    }
+  T r[4] = {T(0), T(0), T(0), T(0)};
+  for (int64_t l = 0; l < V; ++l) {
+    r[0] += a0[l];
+    r[1] += a1[l];
+    r[2] += a2[l];
+    r[3] += a3[l];
+  }
+  for (int64_t u = mV; u < m; ++u) {
+    r[0] += aw[u] * g0[u];
+    r[1] += aw[u] * g1[u];
+    r[2] += aw[u] * g2[u];
+    r[3] += aw[u] * g3[u];
+  }
+  for (int64_t q = 0; q < K; ++q) M[q] = r[q];
+}
+
+// Backward of uvu1_forward for one edge given g, the grad_out block (ir_mul):
+//   gaT[i][u] += W[u] h[i][u],  gW[u] += sum_i x1T[i][u] h[i][u],  h[i][u] = sum_k s[i,k] g[k][u]
+//   gy[j] += sum c_ijk M[i,k],  M[i,k] = sum_u W[u] x1T[i][u] g[k][u]
+// Null outputs are skipped. Scratch: M [d1*d3], aw [m].
+template <typename T>
+FASTCG_HDI void uvu1_backward(int64_t m, int64_t d1, int64_t d3, const int64_t* cgi,
+                              const double* cgv, int64_t begin, int64_t end,
+                              const T* FASTCG_RESTRICT s, const T* FASTCG_RESTRICT aT,
+                              const T* FASTCG_RESTRICT g, const T* FASTCG_RESTRICT W,
+                              T* FASTCG_RESTRICT M, T* FASTCG_RESTRICT aw,
+                              T* FASTCG_RESTRICT gaT, T* FASTCG_RESTRICT gy,
+                              T* FASTCG_RESTRICT gW) {
+  constexpr int64_t L = 128 / sizeof(T);
+  const int64_t mL = m - m % L;
+  for (int64_t i = 0; i < d1; ++i) {
+    const T* ai = aT + i * m;
+    T* gai = gaT ? gaT + i * m : nullptr;
+    if (gai || gW) {
+      for (int64_t u0 = 0; u0 < mL; u0 += L)
+        uvu1_backward_h<T, true>(L, d3, s + i * d3, ai + u0, g + u0, m, W ? W + u0 : nullptr,
+                                 gai ? gai + u0 : nullptr, gW ? gW + u0 : nullptr);
+      if (mL < m)
+        uvu1_backward_h<T, false>(m - mL, d3, s + i * d3, ai + mL, g + mL, m,
+                                  W ? W + mL : nullptr, gai ? gai + mL : nullptr,
+                                  gW ? gW + mL : nullptr);
+    }
+    if (gy) {
+      if (W) {
+        for (int64_t u = 0; u < m; ++u) aw[u] = W[u] * ai[u];
+      } else {
+        for (int64_t u = 0; u < m; ++u) aw[u] = ai[u];
+      }
+      for (int64_t k = 0; k < d3; k += 4)
+        dots4(m, d3 - k < 4 ? d3 - k : 4, aw, g + k * m, M + i * d3 + k);
+    }
+  }
+  if (gy)
+    for (int64_t n = begin; n < end; ++n)
+      gy[cgi[3 * n + 1]] += T(cgv[n]) * M[cgi[3 * n] * d3 + cgi[3 * n + 2]];
 }
 
 }  // namespace fastcg

@@ -1,4 +1,6 @@
-// CPU equivariant linear: one matrix product per path (and per species group) through ATen.
+// CPU equivariant linear: one GEMM per path (and per species group) through ATen. A block
+// [B, mul, d] is used as a [B*d, mul] matrix so each path is a single at::mm whatever d is
+// (a broadcast matmul over B would run B tiny GEMMs).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -15,75 +17,114 @@ struct LinPath {
   double c;
 };
 
-std::vector<LinPath> lin_paths(const at::Tensor& paths, const at::Tensor& coeff) {
+std::vector<LinPath> lin_paths(const at::Tensor& paths, const at::Tensor& coeff, int64_t dim_in,
+                               int64_t dim_out, int64_t wn) {
   TORCH_CHECK(paths.dtype() == at::kLong && paths.dim() == 2 && paths.size(1) == L_NCOLS &&
                   paths.is_contiguous(),
               "linear paths must be contiguous int64 [P, 6]");
-  TORCH_CHECK(coeff.dtype() == at::kDouble && coeff.numel() == paths.size(0), "path_coeff");
+  TORCH_CHECK(coeff.dtype() == at::kDouble && coeff.numel() == paths.size(0) && coeff.is_contiguous(),
+              "path_coeff must be float64 [P]");
   std::vector<LinPath> out;
   const int64_t* p = paths.data_ptr<int64_t>();
   const double* c = coeff.data_ptr<double>();
-  for (int64_t q = 0; q < paths.size(0); ++q, p += L_NCOLS)
-    out.push_back({p[L_MUL_IN], p[L_MUL_OUT], p[L_IR_DIM], p[L_OFF_IN], p[L_OFF_OUT], p[L_WOFF], c[q]});
+  for (int64_t q = 0; q < paths.size(0); ++q, p += L_NCOLS) {
+    LinPath l{p[L_MUL_IN], p[L_MUL_OUT], p[L_IR_DIM], p[L_OFF_IN], p[L_OFF_OUT], p[L_WOFF], c[q]};
+    TORCH_CHECK(l.mi >= 0 && l.mo >= 0 && l.d >= 0 && l.oi >= 0 && l.oo >= 0 && l.wo >= 0 &&
+                    l.oi + l.mi * l.d <= dim_in && l.oo + l.mo * l.d <= dim_out &&
+                    l.wo + l.mi * l.mo <= wn,
+                "linear path ", q, " does not fit the tensors");
+    out.push_back(l);
+  }
   return out;
 }
 
-// Rows of each species (in row order), so every group is one matrix product.
-std::vector<at::Tensor> groups(const c10::optional<at::Tensor>& species, int64_t S) {
-  std::vector<at::Tensor> out;
-  if (!species.has_value()) return out;
-  auto sp = species->contiguous();
-  check_index(sp, sp.numel(), S, "species");
-  for (int64_t s = 0; s < S; ++s) out.push_back((sp == s).nonzero().view({-1}));
-  return out;
+// The [B*d, mul] matrix of a block (a view when d == 1, else a transposed copy).
+at::Tensor as_matrix(const at::Tensor& t, int64_t off, int64_t mul, int64_t d) {
+  if (d == 1) return t.narrow(1, off, mul);
+  return t.narrow(1, off, mul * d).view({t.size(0), mul, d}).transpose(1, 2).reshape({-1, mul});
 }
 
-at::Tensor block(const at::Tensor& t, int64_t off, int64_t mul, int64_t d) {
-  return t.narrow(1, off, mul * d).view({t.size(0), mul, d});
+// block(t) += alpha * m, m being the [B*d, mul] matrix of that block.
+void add_matrix(at::Tensor& t, int64_t off, int64_t mul, int64_t d, const at::Tensor& m,
+                double alpha) {
+  auto b = t.narrow(1, off, mul * d).view({t.size(0), mul, d});
+  b.add_(m.view({t.size(0), d, mul}).transpose(1, 2), alpha);
 }
 
-// out_b[B, mo, d] += c * W^T x_b for one weight matrix W [mi, mo].
-void lin_fwd(const at::Tensor& x, const at::Tensor& w, const LinPath& p, at::Tensor& out) {
-  auto W = w.narrow(0, p.wo, p.mi * p.mo).view({p.mi, p.mo});
-  block(out, p.oo, p.mo, p.d).add_(at::matmul(W.t(), block(x, p.oi, p.mi, p.d)), p.c);
+at::Tensor weight_matrix(const at::Tensor& w, const LinPath& p) {
+  return w.narrow(0, p.wo, p.mi * p.mo).view({p.mi, p.mo});
+}
+
+void lin_fwd(const at::Tensor& x, const at::Tensor& w, const std::vector<LinPath>& ps,
+             at::Tensor& out) {
+  for (const auto& p : ps) {
+    if (p.d == 1) {
+      out.narrow(1, p.oo, p.mo).addmm_(x.narrow(1, p.oi, p.mi), weight_matrix(w, p), 1.0, p.c);
+    } else {
+      add_matrix(out, p.oo, p.mo, p.d, at::mm(as_matrix(x, p.oi, p.mi, p.d), weight_matrix(w, p)),
+                 p.c);
+    }
+  }
+}
+
+// grad_x block += c * g W^T and grad_W += c * x^T g for every path.
+void lin_bwd(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w,
+             const std::vector<LinPath>& ps, at::Tensor* gx, at::Tensor* gw) {
+  for (const auto& p : ps) {
+    const auto gm = as_matrix(g, p.oo, p.mo, p.d);
+    if (gx) {
+      if (p.d == 1)
+        gx->narrow(1, p.oi, p.mi).addmm_(gm, weight_matrix(w, p).t(), 1.0, p.c);
+      else
+        add_matrix(*gx, p.oi, p.mi, p.d, at::mm(gm, weight_matrix(w, p).t()), p.c);
+    }
+    if (gw) {
+      auto gwm = weight_matrix(*gw, p);
+      gwm.addmm_(as_matrix(x, p.oi, p.mi, p.d).t(), gm, 1.0, p.c);
+    }
+  }
+}
+
+// Rows of each species: a stable sort, so each group keeps row order; (order, starts [S+1]).
+std::pair<at::Tensor, std::vector<int64_t>> species_groups(const at::Tensor& species, int64_t S,
+                                                           int64_t B) {
+  check_index(species, B, S, "species");
+  auto order = std::get<1>(species.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  std::vector<int64_t> starts(S + 1, 0);
+  const int64_t* sp = species.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) starts[sp[b] + 1]++;
+  for (int64_t s = 0; s < S; ++s) starts[s + 1] += starts[s];
+  return {order, starts};
+}
+
+void check_linear(const at::Tensor& x, const at::Tensor& w,
+                  const c10::optional<at::Tensor>& species) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D tensor");
+  check_like(w, x, "weights");
+  TORCH_CHECK(w.is_contiguous(), "weights must be contiguous");
+  TORCH_CHECK(w.dim() == (species.has_value() ? 2 : 1),
+              "weights must be [numel] without species and [S, numel] with species");
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weights,
                   const c10::optional<at::Tensor>& species, const at::Tensor& paths,
                   const at::Tensor& coeff, int64_t dim_out) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D");
-  auto ps = lin_paths(paths, coeff);
+  check_linear(x, weights, species);
+  const auto ps = lin_paths(paths, coeff, x.size(1), dim_out, weights.size(-1));
   auto out = at::zeros({x.size(0), dim_out}, x.options());
   if (!species.has_value()) {
-    TORCH_CHECK(weights.dim() == 1, "weights must be 1-D without species");
-    for (const auto& p : ps) lin_fwd(x, weights, p, out);
+    lin_fwd(x, weights, ps, out);
     return out;
   }
-  TORCH_CHECK(weights.dim() == 2, "weights must be [S, numel] with species");
-  auto rows = groups(species, weights.size(0));
-  for (int64_t s = 0; s < (int64_t)rows.size(); ++s) {
-    if (rows[s].numel() == 0) continue;
-    auto xs = x.index_select(0, rows[s]);
-    auto os = at::zeros({xs.size(0), dim_out}, x.options());
-    for (const auto& p : ps) lin_fwd(xs, weights[s], p, os);
-    out.index_copy_(0, rows[s], os);
+  const auto [order, starts] = species_groups(*species, weights.size(0), x.size(0));
+  for (int64_t s = 0; s + 1 < (int64_t)starts.size(); ++s) {
+    if (starts[s + 1] == starts[s]) continue;
+    const auto rows = order.narrow(0, starts[s], starts[s + 1] - starts[s]);
+    auto os = at::zeros({rows.size(0), dim_out}, x.options());
+    lin_fwd(x.index_select(0, rows), weights[s], ps, os);
+    out.index_copy_(0, rows, os);
   }
   return out;
-}
-
-// grad_x block += c * W g_b and grad_W += c * x_b^T g_b for one weight matrix.
-void lin_bwd(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, const LinPath& p,
-             at::Tensor* gx, at::Tensor* gw) {
-  auto gb = block(g, p.oo, p.mo, p.d);
-  if (gx) {
-    auto W = w.narrow(0, p.wo, p.mi * p.mo).view({p.mi, p.mo});
-    block(*gx, p.oi, p.mi, p.d).add_(at::matmul(W, gb), p.c);
-  }
-  if (gw) {
-    auto xb = block(x, p.oi, p.mi, p.d);
-    auto prod = at::einsum("bui,bwi->uw", {xb, gb});
-    gw->narrow(0, p.wo, p.mi * p.mo).view({p.mi, p.mo}).add_(prod, p.c);
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor> linear_backward(const at::Tensor& g, const at::Tensor& x,
@@ -92,23 +133,25 @@ std::tuple<at::Tensor, at::Tensor> linear_backward(const at::Tensor& g, const at
                                                    const at::Tensor& paths,
                                                    const at::Tensor& coeff,
                                                    std::array<bool, 2> mask) {
-  auto ps = lin_paths(paths, coeff);
-  auto empty = at::empty({0}, x.options());
+  check_linear(x, weights, species);
+  check_like(g, x, "grad_out");
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == x.size(0) && g.is_contiguous(),
+              "grad_out must be contiguous [B, dim_out]");
+  const auto ps = lin_paths(paths, coeff, x.size(1), g.size(1), weights.size(-1));
   auto gx = masked(mask[0], x), gw = masked(mask[1], weights);
   if (!species.has_value()) {
-    for (const auto& p : ps) lin_bwd(g, x, weights, p, mask[0] ? &gx : nullptr, mask[1] ? &gw : nullptr);
+    lin_bwd(g, x, weights, ps, mask[0] ? &gx : nullptr, mask[1] ? &gw : nullptr);
     return {gx, gw};
   }
-  auto rows = groups(species, weights.size(0));
-  for (int64_t s = 0; s < (int64_t)rows.size(); ++s) {
-    if (rows[s].numel() == 0) continue;
-    auto gs = g.index_select(0, rows[s]);
-    auto xs = x.index_select(0, rows[s]);
-    auto gxs = at::zeros_like(xs);
-    auto gws = mask[1] ? gw[s] : empty;
-    for (const auto& p : ps)
-      lin_bwd(gs, xs, weights[s], p, mask[0] ? &gxs : nullptr, mask[1] ? &gws : nullptr);
-    if (mask[0]) gx.index_copy_(0, rows[s], gxs);
+  const auto [order, starts] = species_groups(*species, weights.size(0), x.size(0));
+  for (int64_t s = 0; s + 1 < (int64_t)starts.size(); ++s) {
+    if (starts[s + 1] == starts[s]) continue;
+    const auto rows = order.narrow(0, starts[s], starts[s + 1] - starts[s]);
+    auto gxs = mask[0] ? at::zeros({rows.size(0), x.size(1)}, x.options()) : at::Tensor();
+    auto gws = mask[1] ? gw[s] : at::Tensor();
+    lin_bwd(g.index_select(0, rows), x.index_select(0, rows), weights[s], ps,
+            mask[0] ? &gxs : nullptr, mask[1] ? &gws : nullptr);
+    if (mask[0]) gx.index_copy_(0, rows, gxs);
   }
   return {gx, gw};
 }

@@ -1,4 +1,5 @@
-// Shared helpers of the CPU kernels: table checks, CSR grouping, deterministic reductions.
+// Shared helpers of the CPU kernels: table checks, CSR grouping, deterministic reductions, and
+// the channel-fastest plan of the tensor-product kernels.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -7,18 +8,9 @@
 #include <vector>
 
 #include "core/common.h"
-
-// Hot loops are compiled twice, for x86-64-v3 (AVX2 + FMA) and the baseline, and picked at load
-// time: the binary still runs on any x86-64 CPU (no -march=native).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTCG_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define FASTCG_CLONES
-#endif
+#include "core/tp.h"
 
 namespace fastcg {
-
-constexpr int64_t kBlock = 64;  // rows per partial sum: fixed, so sums do not depend on threads
 
 inline void check_tables(const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value) {
   TORCH_CHECK(paths.dtype() == at::kLong && paths.dim() == 2 && paths.size(1) == P_NCOLS,
@@ -96,6 +88,8 @@ inline void csr(const int64_t* key, int64_t e, int64_t n, std::vector<int64_t>& 
 }
 
 // Sum of per-block partials in block order: deterministic for any thread count.
+constexpr int64_t kBlock = 64;  // rows per partial sum: fixed, so sums do not depend on threads
+
 template <typename T, typename F>
 void blocked_sum(int64_t rows, int64_t width, T* out, F&& per_row) {
   const int64_t nb = (rows + kBlock - 1) / kBlock;
@@ -131,40 +125,168 @@ inline void check_index(const at::Tensor& idx, int64_t n, int64_t bound, const c
                 bound, ")");
 }
 
-// A (mul, ir) block of an operand, read off the path table; which: 0 x1, 1 x2, 2 output.
-struct Block {
-  int64_t off, mul, dim;
-};
-
-inline std::vector<Block> operand_blocks(const at::Tensor& paths, int which) {
-  const int64_t cols[3][3] = {{P_OFF1, P_MUL1, P_L1}, {P_OFF2, P_MUL2, P_L2}, {P_OFFO, P_MULO, P_L3}};
-  std::vector<Block> out;
-  const int64_t* p = paths.data_ptr<int64_t>();
-  for (int64_t q = 0; q < paths.size(0); ++q, p += P_NCOLS) {
-    const Block b{p[cols[which][0]], p[cols[which][1]], 2 * p[cols[which][2]] + 1};
-    bool seen = false;
-    for (const auto& o : out) seen = seen || o.off == b.off;
-    if (!seen && b.mul > 1 && b.dim > 1) out.push_back(b);  // mul or dim 1: same in both layouts
-  }
-  return out;
-}
-
-// mul_ir -> ir_mul per block (to_irmul) and back; columns outside the blocks are kept.
-inline at::Tensor relayout(const at::Tensor& t, const std::vector<Block>& blocks, bool to_irmul) {
-  if (blocks.empty() || t.size(0) == 0) return t;
-  auto out = t.clone();
-  const int64_t n = t.size(0);
-  for (const auto& b : blocks) {
-    auto src = t.narrow(1, b.off, b.mul * b.dim);
-    auto v = to_irmul ? src.reshape({n, b.mul, b.dim}) : src.reshape({n, b.dim, b.mul});
-    out.narrow(1, b.off, b.mul * b.dim).copy_(v.transpose(1, 2).reshape({n, b.mul * b.dim}));
-  }
-  return out;
-}
-
 // A fresh empty tensor per masked output: outputs of one op must not alias each other.
 inline at::Tensor masked(bool on, const at::Tensor& like) {
   return on ? at::zeros_like(like) : at::empty({0}, like.options());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-product plan shared by tensor_product.cpp and conv.cpp. uvu paths with mul2 == 1 run
+// channel-fastest (core/tp.h uvu1_*) on ir_mul copies of their x1 / output blocks; every other
+// path runs tp_path_* on the mul_ir rows.
+
+// A mul_ir block (mul, dim) at `off` of a row, and where its ir_mul copy starts (`at`).
+struct Block {
+  int64_t off, mul, dim, at;
+};
+
+struct FastPath {
+  int64_t m, d1, d3, in_at, y_off, out_at, woff, begin, end, nz_at;
+};
+
+struct TPPlan {
+  std::vector<FastPath> fast;
+  std::vector<int64_t> generic;  // rows of the path table
+  std::vector<Block> in, out;    // distinct x1 / output blocks read / written by fast paths
+  std::vector<uint8_t> nz;       // (i, k) pairs with a CG entry, per fast path
+  int64_t in_size = 0, out_size = 0, s_size = 0, m_max = 0;
+};
+
+inline int64_t block_at(std::vector<Block>& bl, int64_t& size, int64_t off, int64_t mul,
+                        int64_t dim) {
+  for (const auto& b : bl)
+    if (b.off == off && b.mul == mul && b.dim == dim) return b.at;
+  bl.push_back({off, mul, dim, size});
+  size += mul * dim;
+  return bl.back().at;
+}
+
+inline TPPlan make_plan(const at::Tensor& paths, const at::Tensor& cg_index) {
+  TPPlan pl;
+  const int64_t* p = paths.data_ptr<int64_t>();
+  const int64_t* ci = cg_index.data_ptr<int64_t>();
+  for (int64_t q = 0; q < paths.size(0); ++q, p += P_NCOLS) {
+    if (p[P_MODE] != UVU || p[P_MUL2] != 1) {
+      pl.generic.push_back(q);
+      continue;
+    }
+    const int64_t m = p[P_MUL1], d1 = 2 * p[P_L1] + 1, d3 = 2 * p[P_L3] + 1;
+    FastPath f{m, d1, d3, block_at(pl.in, pl.in_size, p[P_OFF1], m, d1), p[P_OFF2],
+               block_at(pl.out, pl.out_size, p[P_OFFO], m, d3), p[P_WOFF], p[P_CG_BEGIN],
+               p[P_CG_END], (int64_t)pl.nz.size()};
+    pl.nz.resize(pl.nz.size() + d1 * d3, 0);
+    for (int64_t n = f.begin; n < f.end; ++n) pl.nz[f.nz_at + ci[3 * n] * d3 + ci[3 * n + 2]] = 1;
+    pl.s_size = std::max(pl.s_size, d1 * d3);
+    pl.m_max = std::max(pl.m_max, m * d1);
+    pl.fast.push_back(f);
+  }
+  return pl;
+}
+
+template <typename T>
+void to_ir_mul(const T* row, const std::vector<Block>& bl, T* rowT) {
+  for (const auto& b : bl)
+    for (int64_t u = 0; u < b.mul; ++u)
+      for (int64_t i = 0; i < b.dim; ++i) rowT[b.at + i * b.mul + u] = row[b.off + u * b.dim + i];
+}
+
+template <typename T>
+void add_from_ir_mul(const T* rowT, const std::vector<Block>& bl, T* row) {
+  for (const auto& b : bl)
+    for (int64_t u = 0; u < b.mul; ++u)
+      for (int64_t i = 0; i < b.dim; ++i) row[b.off + u * b.dim + i] += rowT[b.at + i * b.mul + u];
+}
+
+// [rows, width] -> [rows, size] ir_mul copies of the blocks (empty when there are none).
+template <typename T>
+std::vector<T> rows_to_ir_mul(const T* x, int64_t rows, int64_t width,
+                              const std::vector<Block>& bl, int64_t size) {
+  std::vector<T> out(bl.empty() ? 0 : rows * size);
+  if (bl.empty()) return out;
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) to_ir_mul(x + r * width, bl, out.data() + r * size);
+  });
+  return out;
+}
+
+// Per-thread scratch of the fast paths.
+template <typename T>
+struct Scratch {
+  std::vector<T> s, aw, M, accT;
+  Scratch(const TPPlan& pl, int64_t acc) : s(pl.s_size), aw(pl.m_max), M(pl.s_size), accT(acc) {}
+};
+
+template <typename T>
+FASTCG_HDI void fast_forward_impl(const TPPlan& pl, const int64_t* ci, const double* cv,
+                                  const T* aT, const T* y, const T* w, T* oT, Scratch<T>& sc) {
+  for (const auto& f : pl.fast) {
+    T* s = sc.s.data();
+    for (int64_t n = 0; n < f.d1 * f.d3; ++n) s[n] = T(0);
+    uvu1_coupling(ci, cv, f.begin, f.end, f.d3, y + f.y_off, s);
+    uvu1_forward(f.m, f.d1, f.d3, s, aT + f.in_at, f.woff >= 0 ? w + f.woff : nullptr,
+                 sc.aw.data(), oT + f.out_at);
+  }
+}
+
+template <typename T>
+FASTCG_HDI void fast_backward_impl(const TPPlan& pl, const int64_t* ci, const double* cv,
+                                   const T* aT, const T* gT, const T* y, const T* w, T* gaT,
+                                   T* gy, T* gw, Scratch<T>& sc) {
+  for (const auto& f : pl.fast) {
+    T* s = sc.s.data();
+    for (int64_t n = 0; n < f.d1 * f.d3; ++n) s[n] = T(0);
+    uvu1_coupling(ci, cv, f.begin, f.end, f.d3, y + f.y_off, s);
+    const bool has_w = f.woff >= 0;
+    uvu1_backward(f.m, f.d1, f.d3, ci, cv, f.begin, f.end, s, aT + f.in_at, gT + f.out_at,
+                  has_w ? w + f.woff : nullptr, sc.M.data(), sc.aw.data(), gaT ? gaT + f.in_at : nullptr,
+                  gy ? gy + f.y_off : nullptr, (gw && has_w) ? gw + f.woff : nullptr);
+  }
+}
+
+// One x86-64-v3 (AVX2 + FMA) clone and one baseline clone, picked at load time: the build has no
+// -march flag, and the channel loops are 2-3x faster with 8-wide FMA.
+#if defined(__x86_64__) && !defined(__clang__)
+#define FASTCG_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FASTCG_CLONES
+#endif
+
+#define FASTCG_FAST_FOR(T)                                                                      \
+  [[maybe_unused]] FASTCG_CLONES static void fast_forward(const TPPlan& pl, const int64_t* ci, const double* cv, \
+                                         const T* aT, const T* y, const T* w, T* oT,            \
+                                         Scratch<T>& sc) {                                      \
+    fast_forward_impl<T>(pl, ci, cv, aT, y, w, oT, sc);                                         \
+  }                                                                                             \
+  [[maybe_unused]] FASTCG_CLONES static void fast_backward(const TPPlan& pl, const int64_t* ci,                  \
+                                          const double* cv, const T* aT, const T* gT,           \
+                                          const T* y, const T* w, T* gaT, T* gy, T* gw,         \
+                                          Scratch<T>& sc) {                                     \
+    fast_backward_impl<T>(pl, ci, cv, aT, gT, y, w, gaT, gy, gw, sc);                           \
+  }
+FASTCG_FAST_FOR(float)
+FASTCG_FAST_FOR(double)
+#undef FASTCG_FAST_FOR
+
+// Runs body(r0, r1, acc) over row ranges. With width > 0 each fixed block of rows gets its own
+// partial sum acc [width], added into out in block order: the result does not depend on threads.
+template <typename T, typename F>
+void for_row_blocks(int64_t rows, int64_t width, T* out, F&& body) {
+  if (rows == 0) return;
+  if (width == 0 || out == nullptr) {
+    at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) { body(r0, r1, (T*)nullptr); });
+    return;
+  }
+  // At most 256 partials (and ~64 MiB of them): enough blocks for any thread count.
+  const int64_t nb_max = std::clamp<int64_t>((int64_t(1) << 24) / width, 1, 256);
+  const int64_t bs = std::max<int64_t>(8, (rows + nb_max - 1) / nb_max);
+  const int64_t nb = (rows + bs - 1) / bs;
+  std::vector<T> part(nb * width, T(0));
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      body(b * bs, std::min(rows, (b + 1) * bs), part.data() + b * width);
+  });
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t q = 0; q < width; ++q) out[q] += part[b * width + q];
 }
 
 }  // namespace fastcg
