@@ -43,15 +43,15 @@ test: test-main test-triton test-mace
 test-main: setup
 	$(VENV)/bin/ruff check fastcg tests bench tools
 	$(PY) tools/gen_sh.py --check
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/mace
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/with_mace
 
 # The Triton interpreter must be switched on before kernels are imported: its own process.
 test-triton: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
 
 test-mace:
-	@if ls tests/mace/test_*.py >/dev/null 2>&1; then \
-		$(MAKE) setup-mace && $(MACE_PY) -m pytest -q -p no:cacheprovider tests/mace; \
+	@if ls tests/with_mace/test_*.py >/dev/null 2>&1; then \
+		$(MAKE) setup-mace && $(MACE_PY) -m pytest -q -p no:cacheprovider tests/with_mace; \
 	else echo "no mace-torch tests"; fi
 
 lint: $(PY)
