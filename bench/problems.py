@@ -38,6 +38,18 @@ class ConvProblem:
                         outs.append(f"{mul}x{c}")
         return "+".join(outs), ins
 
+    @property
+    def lmax(self) -> int:
+        return self.lmax_sh
+
+    @property
+    def descriptor(self):
+        """The conv's TPDescriptor (what tools/triton_aot.py and bench/gpu.py read)."""
+        from fastcg import tensor_product_descriptor
+
+        irreps_out, ins = self.instructions()
+        return tensor_product_descriptor(self.irreps_in, self.irreps_sh(), irreps_out, ins)
+
     def scaled(self, scale: float) -> ConvProblem:
         n, e = max(2, int(self.num_nodes * scale)), max(4, int(self.num_edges * scale))
         return ConvProblem(self.name, self.irreps_in, self.lmax_sh, self.lmax_out, n, e)
@@ -61,6 +73,7 @@ CONV = {
     # MACE-like (GPU-sized; on CPU run with --scale)
     "mace-128": ConvProblem("mace-128", "128x0e+128x1o+128x2e", 3, 3, 4000, 158000),
 }
+PROBLEMS = list(CONV.values())  # the conv problems, for tools/triton_aot.py and bench/gpu.py
 SH = {
     "sh-l3": SHProblem("sh-l3", 3, 100000),
     "sh-l6": SHProblem("sh-l6", 6, 100000),
@@ -71,9 +84,7 @@ def conv_inputs(p: ConvProblem, dtype=torch.float32, seed: int = 0) -> dict:
     """Random node features, edge vectors, weights and edges for a conv problem."""
     gen = torch.Generator().manual_seed(seed)
     irreps_out, ins = p.instructions()
-    from fastcg import tensor_product_descriptor
-
-    desc = tensor_product_descriptor(p.irreps_in, p.irreps_sh(), irreps_out, ins)
+    desc = p.descriptor
     return {
         "descriptor": desc,
         "instructions": ins,
