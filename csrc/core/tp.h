@@ -128,63 +128,63 @@ FASTCG_HDI void uvu1_coupling(const int64_t* cgi, const double* cgv, int64_t beg
     s[cgi[3 * n] * d3 + cgi[3 * n + 2]] += T(cgv[n]) * y[cgi[3 * n + 1]];
 }
 
+// o[l] += sum_i s[i*d3] a[i*m + l] for l < L, the L channels held in registers across the i sum
+// (one load/store of the output per k instead of one per (i, k)).
+template <typename T, int64_t L>
+FASTCG_HDI void uvu1_forward_chunk(int64_t m, int64_t d1, int64_t d3, const T* FASTCG_RESTRICT s,
+                                   const T* FASTCG_RESTRICT a, T* FASTCG_RESTRICT o) {
+  T acc[L];
+  for (int64_t l = 0; l < L; ++l) acc[l] = o[l];
+  for (int64_t i = 0; i < d1; ++i) {
+    const T c = s[i * d3];
+    if (c == T(0)) continue;  // the CG zero pattern: many (i, k) of a path couple nothing
+    const T* ai = a + i * m;
+    for (int64_t l = 0; l < L; ++l) acc[l] += c * ai[l];
+  }
+  for (int64_t l = 0; l < L; ++l) o[l] = acc[l];
+}
+
 // outT[k][u] += sum_i s[i,k] W[u] x1T[i][u]; W null means weight 1; aw is scratch [d1*m].
-// Channels go in chunks of L held in registers across the i sum (one load/store of out per k
-// instead of one per (i, k)); L = 128 bytes = four AVX2 registers.
+// Channels go in chunks of 256 bytes (eight AVX2 registers), then 64, then one at a time.
 template <typename T>
 FASTCG_HDI void uvu1_forward(int64_t m, int64_t d1, int64_t d3, const T* FASTCG_RESTRICT s,
                              const T* FASTCG_RESTRICT aT, const T* FASTCG_RESTRICT W,
                              T* FASTCG_RESTRICT aw, T* FASTCG_RESTRICT oT) {
-  constexpr int64_t L = 128 / sizeof(T);
+  constexpr int64_t L = 256 / sizeof(T), L4 = L / 4;
   const T* a = aT;
   if (W) {
     for (int64_t i = 0; i < d1; ++i)
       for (int64_t u = 0; u < m; ++u) aw[i * m + u] = W[u] * aT[i * m + u];
     a = aw;
   }
-  const int64_t mL = m - m % L;
   for (int64_t k = 0; k < d3; ++k) {
     T* o = oT + k * m;
-    for (int64_t u0 = 0; u0 < mL; u0 += L) {
-      T acc[L];
-      for (int64_t l = 0; l < L; ++l) acc[l] = o[u0 + l];
-      for (int64_t i = 0; i < d1; ++i) {
-        const T c = s[i * d3 + k];
-        if (c == T(0)) continue;  // the CG zero pattern: many (i, k) of a path couple nothing
-        const T* ai = a + i * m + u0;
-        for (int64_t l = 0; l < L; ++l) acc[l] += c * ai[l];
-      }
-      for (int64_t l = 0; l < L; ++l) o[u0 + l] = acc[l];
-    }
-    for (int64_t i = 0; i < d1 && mL < m; ++i) {
-      const T c = s[i * d3 + k];
-      if (c == T(0)) continue;
-      for (int64_t u = mL; u < m; ++u) o[u] += c * a[i * m + u];
-    }
+    int64_t u0 = 0;
+    for (; u0 + L <= m; u0 += L) uvu1_forward_chunk<T, L>(m, d1, d3, s + k, a + u0, o + u0);
+    for (; u0 + L4 <= m; u0 += L4) uvu1_forward_chunk<T, L4>(m, d1, d3, s + k, a + u0, o + u0);
+    for (; u0 < m; ++u0) uvu1_forward_chunk<T, 1>(m, d1, d3, s + k, a + u0, o + u0);
   }
 }
 
-// h[u] = sum_k s[k] g[k][u] for channels [0, len) (len == L when Full), kept in registers;
-// then gai[u] += W[u] h[u] and gW[u] += ai[u] h[u].
-template <typename T, bool Full>
-FASTCG_HDI void uvu1_backward_h(int64_t len_, int64_t d3, const T* FASTCG_RESTRICT s,
-                                const T* FASTCG_RESTRICT ai, const T* FASTCG_RESTRICT g,
-                                int64_t m, const T* FASTCG_RESTRICT W, T* FASTCG_RESTRICT gai,
-                                T* FASTCG_RESTRICT gW) {
-  constexpr int64_t L = 128 / sizeof(T);
-  const int64_t len = Full ? L : len_;
+// h[u] = sum_k s[k] g[k][u] for L channels, kept in registers; then gai[u] += W[u] h[u] and
+// gW[u] += ai[u] h[u] (null pointers skip them).
+template <typename T, int64_t L>
+FASTCG_HDI void uvu1_backward_chunk(int64_t m, int64_t d3, const T* FASTCG_RESTRICT s,
+                                    const T* FASTCG_RESTRICT ai, const T* FASTCG_RESTRICT g,
+                                    const T* FASTCG_RESTRICT W, T* FASTCG_RESTRICT gai,
+                                    T* FASTCG_RESTRICT gW) {
   T h[L];
-  for (int64_t l = 0; l < len; ++l) h[l] = T(0);
+  for (int64_t l = 0; l < L; ++l) h[l] = T(0);
   for (int64_t k = 0; k < d3; ++k) {
     const T c = s[k];
     if (c == T(0)) continue;
     const T* gk = g + k * m;
-    for (int64_t l = 0; l < len; ++l) h[l] += c * gk[l];
+    for (int64_t l = 0; l < L; ++l) h[l] += c * gk[l];
   }
   if (gai)
-    for (int64_t l = 0; l < len; ++l) gai[l] += (W ? W[l] : T(1)) * h[l];
+    for (int64_t l = 0; l < L; ++l) gai[l] += (W ? W[l] : T(1)) * h[l];
   if (gW)
-    for (int64_t l = 0; l < len; ++l) gW[l] += ai[l] * h[l];
+    for (int64_t l = 0; l < L; ++l) gW[l] += ai[l] * h[l];
 }
 
 // M[k] = sum_u aw[u] g[k][u] for K (<= 4) rows k: K x V partial sums stay in registers, so each
@@ -236,19 +236,20 @@ FASTCG_HDI void uvu1_backward(int64_t m, int64_t d1, int64_t d3, const int64_t* 
                               T* FASTCG_RESTRICT M, T* FASTCG_RESTRICT aw,
                               T* FASTCG_RESTRICT gaT, T* FASTCG_RESTRICT gy,
                               T* FASTCG_RESTRICT gW) {
-  constexpr int64_t L = 128 / sizeof(T);
-  const int64_t mL = m - m % L;
+  constexpr int64_t L = 256 / sizeof(T);  // channels per register-held chunk (eight AVX2 regs)
   for (int64_t i = 0; i < d1; ++i) {
     const T* ai = aT + i * m;
     T* gai = gaT ? gaT + i * m : nullptr;
     if (gai || gW) {
-      for (int64_t u0 = 0; u0 < mL; u0 += L)
-        uvu1_backward_h<T, true>(L, d3, s + i * d3, ai + u0, g + u0, m, W ? W + u0 : nullptr,
-                                 gai ? gai + u0 : nullptr, gW ? gW + u0 : nullptr);
-      if (mL < m)
-        uvu1_backward_h<T, false>(m - mL, d3, s + i * d3, ai + mL, g + mL, m,
-                                  W ? W + mL : nullptr, gai ? gai + mL : nullptr,
-                                  gW ? gW + mL : nullptr);
+      int64_t u0 = 0;
+      const T* si = s + i * d3;
+#define FASTCG_UVU1_CHUNK(LEN)                                                          \
+  uvu1_backward_chunk<T, LEN>(m, d3, si, ai + u0, g + u0, W ? W + u0 : nullptr,        \
+                              gai ? gai + u0 : nullptr, gW ? gW + u0 : nullptr)
+      for (; u0 + L <= m; u0 += L) FASTCG_UVU1_CHUNK(L);
+      for (; u0 + L / 4 <= m; u0 += L / 4) FASTCG_UVU1_CHUNK(L / 4);
+      for (; u0 < m; ++u0) FASTCG_UVU1_CHUNK(1);
+#undef FASTCG_UVU1_CHUNK
     }
     if (gy) {
       if (W) {

@@ -38,13 +38,14 @@ ConvArgs check_conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
   return {E, N, x.size(1), y.size(1), w.size(-1), w.dim() == 1};
 }
 
-at::Tensor conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w, const at::Tensor& src,
-                const at::Tensor& dst, int64_t num_nodes, const at::Tensor& paths,
-                const at::Tensor& cg_index, const at::Tensor& cg_value, int64_t dim_out) {
+at::Tensor conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
+                const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
+                const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                int64_t dim_out) {
   const ConvArgs c = check_conv(x, y, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out);
   auto out = at::zeros({num_nodes, dim_out}, x.options());
   if (c.E == 0) return out;
-  const TPPlan pl = make_plan(paths, cg_index);
+  const TPPlan pl = make_plan(paths);
   std::vector<int64_t> off, order;
   csr(dst.data_ptr<int64_t>(), c.E, num_nodes, off, order);
   const int64_t* p = paths.data_ptr<int64_t>();
@@ -88,9 +89,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
   TORCH_CHECK(g.dim() == 2 && g.is_contiguous(), "grad_out must be contiguous 2-D");
   const int64_t dout = g.size(1);
   const ConvArgs c = check_conv(x, y, w, src, dst, g.size(0), paths, cg_index, cg_value, dout);
-  auto gx = masked(mask[0], x), gy = masked(mask[1], y), gw = masked(mask[2], w);
+  // Per-edge outputs are zeroed row by row inside the edge loop (each edge is visited once):
+  // a separate memset of [E, numel] weight gradients would stream them through memory twice.
+  auto gx = masked(mask[0], x);
+  auto gy = mask[1] ? at::empty_like(y) : at::empty({0}, y.options());
+  auto gw = !mask[2]   ? at::empty({0}, w.options())
+            : c.shared ? at::zeros_like(w)
+                       : at::empty_like(w);
   if (c.E == 0 || !(mask[0] || mask[1] || mask[2])) return {gx, gy, gw};
-  const TPPlan pl = make_plan(paths, cg_index);
+  const TPPlan pl = make_plan(paths);
   std::vector<int64_t> off, order;
   csr(src.data_ptr<int64_t>(), c.E, c.N, off, order);
   const int64_t* p = paths.data_ptr<int64_t>();
@@ -105,8 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
     scalar_t* gW = mask[2] ? gw.data_ptr<scalar_t>() : nullptr;
     const auto aT = rows_to_ir_mul(a, c.N, c.d1, pl.in, pl.in_size);
     const auto gT = rows_to_ir_mul(gp, g.size(0), dout, pl.out, pl.out_size);
-    const bool reduce_w = gW && c.shared;
-    for_row_blocks<scalar_t>(c.N, reduce_w ? c.wn : 0, gW, [&](int64_t n0, int64_t n1, scalar_t* acc) {
+    const auto nodes = [&](int64_t n0, int64_t n1, scalar_t* acc) {
       Scratch<scalar_t> sc(pl, ga ? pl.in_size : 0);
       for (int64_t n = n0; n < n1; ++n) {
         if (off[n] == off[n + 1]) continue;
@@ -116,6 +122,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
           const scalar_t* we = c.shared ? wp : wp + e * c.wn;
           scalar_t* gye = gb ? gb + e * c.d2 : nullptr;
           scalar_t* gwe = gW ? (c.shared ? acc : gW + e * c.wn) : nullptr;
+          if (gye) std::fill(gye, gye + c.d2, scalar_t(0));
+          if (gwe && !c.shared) std::fill(gwe, gwe + c.wn, scalar_t(0));
           if (!pl.fast.empty())
             fast_backward(pl, ci, cv, aT.data() + n * pl.in_size, gT.data() + d[e] * pl.out_size,
                           b + e * c.d2, we, ga ? sc.accT.data() : nullptr, gye, gwe, sc);
@@ -125,7 +133,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
         }
         if (ga) add_from_ir_mul(sc.accT.data(), pl.in, ga + n * c.d1);
       }
-    });
+    };
+    for_row_blocks<scalar_t>(c.N, (gW && c.shared) ? c.wn : 0, gW, nodes);
   });
   return {gx, gy, gw};
 }

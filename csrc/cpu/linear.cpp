@@ -22,7 +22,8 @@ std::vector<LinPath> lin_paths(const at::Tensor& paths, const at::Tensor& coeff,
   TORCH_CHECK(paths.dtype() == at::kLong && paths.dim() == 2 && paths.size(1) == L_NCOLS &&
                   paths.is_contiguous(),
               "linear paths must be contiguous int64 [P, 6]");
-  TORCH_CHECK(coeff.dtype() == at::kDouble && coeff.numel() == paths.size(0) && coeff.is_contiguous(),
+  TORCH_CHECK(coeff.dtype() == at::kDouble && coeff.numel() == paths.size(0) &&
+                  coeff.is_contiguous(),
               "path_coeff must be float64 [P]");
   std::vector<LinPath> out;
   const int64_t* p = paths.data_ptr<int64_t>();

@@ -29,7 +29,8 @@ at::Tensor scatter_sum(const at::Tensor& src, const at::Tensor& index, int64_t d
     // Grain in rows so a task holds at least ~2k elements: tiny F stays cheap to schedule.
     const int64_t grain = std::max<int64_t>(1, 2048 / F);
     at::parallel_for(0, dim_size, grain, [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n) segment_sum(s, order.data(), off[n], off[n + 1], F, o + n * F);
+      for (int64_t n = n0; n < n1; ++n)
+        segment_sum(s, order.data(), off[n], off[n + 1], F, o + n * F);
     });
   });
   return out;

@@ -1,6 +1,6 @@
-// CPU tensor product: rows in parallel, every path of the descriptor table for each row.
-// uvu paths with a single-channel x2 block run channel-fastest on an ir_mul copy of the row
-// (cpu/utils.h TPPlan); other paths run core/tp.h on the mul_ir row.
+// CPU tensor product. uvu paths with a single-channel x2 block run channel-fastest on an ir_mul
+// copy of each row (cpu/utils.h TPPlan); uvw paths with shared weights run as batched GEMMs
+// (at::einsum); other paths run core/tp.h on the mul_ir rows, rows in parallel.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,6 +26,80 @@ void check_tp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w,
   check_paths(paths, cg_index, x1.size(1), x2.size(1), dim_out, w.size(-1));
 }
 
+// uvw paths with shared weights are GEMMs over the batch, so they go through at::einsum (BLAS)
+// as in e3nn rather than per-row loops. Measured on MACE's skip TP 128x(0e+1o+2e) x 10x0e,
+// B = 2000, 2 threads, float32 forward: per-row 0.35 s, e3nn 0.14 s, batched 0.074 s.
+// take_batched moves those paths out of the plan's per-row list.
+std::vector<int64_t> take_batched(TPPlan& pl, const int64_t* p, bool shared) {
+  std::vector<int64_t> batched, rest;
+  for (int64_t q : pl.generic) {
+    const int64_t* r = p + q * P_NCOLS;
+    (shared && r[P_MODE] == UVW && r[P_WOFF] >= 0 ? batched : rest).push_back(q);
+  }
+  pl.generic = rest;
+  return batched;
+}
+
+struct PathBlocks {
+  at::Tensor a, b, cg, W;  // x1 [B, m1, d1], x2 [B, m2, d2], dense CG [d1, d2, d3], W [m1, m2, mo]
+};
+
+PathBlocks path_blocks(const int64_t* p, const at::Tensor& x1, const at::Tensor& x2,
+                       const at::Tensor& w, const at::Tensor& cg_index,
+                       const at::Tensor& cg_value) {
+  const int64_t d1 = 2 * p[P_L1] + 1, d2 = 2 * p[P_L2] + 1, d3 = 2 * p[P_L3] + 1, B = x1.size(0);
+  auto rows = cg_index.narrow(0, p[P_CG_BEGIN], p[P_CG_END] - p[P_CG_BEGIN]);
+  auto flat = (rows.select(1, 0) * d2 + rows.select(1, 1)) * d3 + rows.select(1, 2);
+  auto cg = at::zeros({d1 * d2 * d3}, cg_value.options())
+                .index_put_({flat}, cg_value.narrow(0, p[P_CG_BEGIN], rows.size(0)), true)
+                .view({d1, d2, d3})
+                .to(x1.scalar_type());
+  return {x1.narrow(1, p[P_OFF1], p[P_MUL1] * d1).view({B, p[P_MUL1], d1}),
+          x2.narrow(1, p[P_OFF2], p[P_MUL2] * d2).view({B, p[P_MUL2], d2}), cg,
+          w.narrow(0, p[P_WOFF], p[P_MUL1] * p[P_MUL2] * p[P_MULO])
+              .view({p[P_MUL1], p[P_MUL2], p[P_MULO]})};
+}
+
+// t[b,k,u,v] = sum_ij c_ijk x1[b,u,i] x2[b,v,j], the CG table contracted with x2 first.
+at::Tensor coupled(const PathBlocks& q) {
+  return at::einsum("bui,bvik->bkuv", {q.a, at::einsum("bvj,ijk->bvik", {q.b, q.cg})});
+}
+
+at::Tensor out_block(at::Tensor& t, int64_t off, int64_t mul, int64_t dim) {
+  return t.narrow(1, off, mul * dim).view({t.size(0), mul, dim});
+}
+
+void batched_forward(const int64_t* p, const at::Tensor& x1, const at::Tensor& x2,
+                     const at::Tensor& w, const at::Tensor& ci, const at::Tensor& cv,
+                     at::Tensor& out) {
+  const auto q = path_blocks(p, x1, x2, w, ci, cv);
+  const auto t = coupled(q);
+  out_block(out, p[P_OFFO], p[P_MULO], 2 * p[P_L3] + 1).add_(at::einsum("bkuv,uvw->bwk", {t, q.W}));
+}
+
+void batched_backward(const int64_t* p, const at::Tensor& g, const at::Tensor& x1,
+                      const at::Tensor& x2, const at::Tensor& w, const at::Tensor& ci,
+                      const at::Tensor& cv, at::Tensor* gx1, at::Tensor* gx2, at::Tensor* gw) {
+  const auto q = path_blocks(p, x1, x2, w, ci, cv);
+  const int64_t d1 = 2 * p[P_L1] + 1, d2 = 2 * p[P_L2] + 1, d3 = 2 * p[P_L3] + 1;
+  const auto gb = g.narrow(1, p[P_OFFO], p[P_MULO] * d3).view({g.size(0), p[P_MULO], d3});
+  if (gw) {
+    const auto t = coupled(q);
+    gw->narrow(0, p[P_WOFF], q.W.numel()).view_as(q.W).add_(at::einsum("bkuv,bwk->uvw", {t, gb}));
+  }
+  if (!gx1 && !gx2) return;
+  const auto gt = at::einsum("bwk,uvw->bkuv", {gb, q.W});
+  // Contract the small CG table with one operand first (at::einsum goes left to right).
+  if (gx1) {
+    const auto bc = at::einsum("bvj,ijk->bvik", {q.b, q.cg});
+    out_block(*gx1, p[P_OFF1], p[P_MUL1], d1).add_(at::einsum("bkuv,bvik->bui", {gt, bc}));
+  }
+  if (gx2) {
+    const auto ac = at::einsum("bui,ijk->bujk", {q.a, q.cg});
+    out_block(*gx2, p[P_OFF2], p[P_MUL2], d2).add_(at::einsum("bkuv,bujk->bvj", {gt, ac}));
+  }
+}
+
 at::Tensor tensor_product(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w,
                           const at::Tensor& paths, const at::Tensor& cg_index,
                           const at::Tensor& cg_value, int64_t dim_out) {
@@ -33,10 +107,12 @@ at::Tensor tensor_product(const at::Tensor& x1, const at::Tensor& x2, const at::
   const int64_t B = x1.size(0), d1 = x1.size(1), d2 = x2.size(1), wn = w.size(-1);
   const bool shared = w.dim() == 1;
   auto out = at::zeros({B, dim_out}, x1.options());
-  const TPPlan pl = make_plan(paths, cg_index);
+  TPPlan pl = make_plan(paths);
   const int64_t* p = paths.data_ptr<int64_t>();
   const int64_t* ci = cg_index.data_ptr<int64_t>();
   const double* cv = cg_value.data_ptr<double>();
+  const auto batched = take_batched(pl, p, shared);
+  for (int64_t q : batched) batched_forward(p + q * P_NCOLS, x1, x2, w, cg_index, cg_value, out);
   AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "tensor_product", [&] {
     const scalar_t *a = x1.data_ptr<scalar_t>(), *b = x2.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
@@ -72,10 +148,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tensor_product_backward(
   const int64_t dout = g.size(1);
   const bool shared = w.dim() == 1;
   auto gx1 = masked(mask[0], x1), gx2 = masked(mask[1], x2), gw = masked(mask[2], w);
-  const TPPlan pl = make_plan(paths, cg_index);
+  TPPlan pl = make_plan(paths);
   const int64_t* p = paths.data_ptr<int64_t>();
   const int64_t* ci = cg_index.data_ptr<int64_t>();
   const double* cv = cg_value.data_ptr<double>();
+  const auto batched = take_batched(pl, p, shared);
+  for (int64_t q : batched)
+    batched_backward(p + q * P_NCOLS, g, x1, x2, w, cg_index, cg_value, mask[0] ? &gx1 : nullptr,
+                     mask[1] ? &gx2 : nullptr, mask[2] ? &gw : nullptr);
   AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "tensor_product_backward", [&] {
     const scalar_t *a = x1.data_ptr<scalar_t>(), *b = x2.data_ptr<scalar_t>();
     const scalar_t *wp = w.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>();
