@@ -15,10 +15,14 @@ $(PY):
 
 # torch only when none is importable: an unpinned `pip install torch` (a CUDA build from this
 # machine's disk); an existing build such as the CPU torch 2.13.0 is kept.
-setup: $(PY)
+setup: $(VENV)/.fastcg-installed
+
+# Reinstalled (and the library rebuilt) only when the sources or the metadata change.
+$(VENV)/.fastcg-installed: $(PY) pyproject.toml setup.py $(shell find csrc -type f)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch
 	$(PIP) install -q ninja
 	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	touch $@
 
 $(MACE_PY):
 	python3 -m venv $(MACE_VENV)
