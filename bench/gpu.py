@@ -56,33 +56,26 @@ class Problem:
     num_edges: int
 
 
-def _uvu(ir1: str, ir2: str) -> fastcg.TPDescriptor:
-    from e3nn import o3
+def _uvu(irreps_in: str, lmax_sh: int) -> fastcg.TPDescriptor:
+    """MACE's conv TP (every uvu path with l_out <= 3), as bench/problems.py builds it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import problems
 
-    a, b = o3.Irreps(ir1), o3.Irreps(ir2)
-    outs, ins = [], []
-    for i, (m1, x) in enumerate(a):
-        for j, (_, y) in enumerate(b):
-            for z in x * y:
-                if z.l <= 3:
-                    outs.append(f"{m1}x{z}")
-                    ins.append((i, j, len(outs) - 1, "uvu", True))
-    return fastcg.tensor_product_descriptor(a, b, "+".join(outs), ins)
+    return problems.ConvProblem("", irreps_in, lmax_sh, 3, 0, 0).descriptor
 
 
 def problems(smoke: bool) -> list[Problem]:
     """bench/problems.py when it provides conv problems, else MACE-like fallbacks."""
     if smoke:
-        return [Problem("smoke", _uvu("4x0e+4x1o", "1x0e+1x1o"), 6, 20)]
+        return [Problem("smoke", _uvu("4x0e+4x1o", 1), 6, 20)]
     try:
         from bench import problems as bp
 
         return [Problem(p.name, p.descriptor, p.num_nodes, p.num_edges) for p in bp.PROBLEMS]
     except Exception:  # noqa: BLE001  (absent or a different shape: use the fallbacks)
-        sh = "1x0e+1x1o+1x2e+1x3o"
         return [
-            Problem("mace_128x_l2_sh3", _uvu("128x0e+128x1o+128x2e", sh), 5000, 100_000),
-            Problem("mace_64x_l2_sh3", _uvu("64x0e+64x1o+64x2e", sh), 5000, 100_000),
+            Problem("mace_128x_l2_sh3", _uvu("128x0e+128x1o+128x2e", 3), 5000, 100_000),
+            Problem("mace_64x_l2_sh3", _uvu("64x0e+64x1o+64x2e", 3), 5000, 100_000),
         ]
 
 

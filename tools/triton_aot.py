@@ -89,24 +89,16 @@ def problems(quick: bool) -> list[tuple[str, fastcg.TPDescriptor, int]]:
     for mul in (16,) if quick else (128, 64):
         lmax = 1 if quick else 3
         ir1 = f"{mul}x0e+{mul}x1o" + ("" if quick else f"+{mul}x2e")
-        sh = "+".join(f"1x{k}{'e' if k % 2 == 0 else 'o'}" for k in range(lmax + 1))
-        out.append((f"mace_{mul}", _uvu(ir1, sh), lmax))
+        out.append((f"mace_{mul}", _uvu(ir1, lmax), lmax))
     return out
 
 
-def _uvu(ir1: str, ir2: str) -> fastcg.TPDescriptor:
-    """MACE's conv TP: every allowed uvu path with l_out <= 3, one output block per path."""
-    from e3nn import o3  # noqa: PLC0415
+def _uvu(irreps_in: str, lmax_sh: int) -> fastcg.TPDescriptor:
+    """MACE's conv TP (every uvu path with l_out <= 3), as bench/problems.py builds it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import problems  # noqa: PLC0415
 
-    a, b = o3.Irreps(ir1), o3.Irreps(ir2)
-    outs, ins = [], []
-    for i, (m1, x) in enumerate(a):
-        for j, (_, y) in enumerate(b):
-            for z in x * y:
-                if z.l <= 3:
-                    outs.append(f"{m1}x{z}")
-                    ins.append((i, j, len(outs) - 1, "uvu", True))
-    return fastcg.tensor_product_descriptor(a, b, "+".join(outs), ins)
+    return problems.ConvProblem("", irreps_in, lmax_sh, 3, 0, 0).descriptor
 
 
 def record(quick: bool, dtypes) -> dict:
