@@ -1,56 +1,73 @@
-"""pytest-benchmark rows for the CPU ops at a small scale: `pytest bench --benchmark-only`.
+"""pytest-benchmark rows of every CPU op at a small scale: `pytest bench --benchmark-only`.
 
-Not collected by the test command (which runs `pytest tests`). Compares fastcg with e3nn in the
-same run; bench/ops.py prints the full table.
+Not collected by the test command (which runs `pytest tests`). fastcg and its baseline (e3nn;
+torch's index_add for scatter_sum; sphericart for spherical harmonics) in the same run, forward
+and forward+backward, on bench/problems.py's problems shrunk by SCALE; `--benchmark-group-by=
+group` puts each op's libraries side by side. bench/ops.py prints the full table.
 """
 
 import pytest
 import torch
 
-import fastcg
-from fastcg.irreps import o3
-
 pytest.importorskip("pytest_benchmark")
 
-import problems  # noqa: E402  (bench/ is on sys.path when pytest runs this folder)
+import ops  # noqa: E402  (bench/ is on sys.path: bench/conftest.py)
+import problems  # noqa: E402
 
 SCALE = 0.05
+CASES = [  # (problem, op)
+    ("conv-64x3", "conv"),
+    ("conv-64x3", "tensor_product"),
+    ("nequip-32", "conv"),
+    ("sh-l3", "spherical_harmonics"),
+    ("sh-l6", "spherical_harmonics"),
+    ("conv-64x3-linear-up", "linear"),
+    ("conv-64x3-linear-out", "linear"),
+    ("conv-64x3-scatter", "scatter_sum"),
+]
 
 
 @pytest.fixture(autouse=True)
 def _threads():
+    old = torch.get_num_threads()
     torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
-def conv_case():
-    p = problems.CONV["conv-64x3"].scaled(SCALE)
-    inp = problems.conv_inputs(p)
-    tp = o3().TensorProduct(p.irreps_in, p.irreps_sh(), inp["irreps_out"], inp["instructions"],
-                            shared_weights=False, internal_weights=False)  # fmt: skip
-    inp["y"] = fastcg.spherical_harmonics(inp["vectors"], p.lmax_sh)
-    return p, inp, tp
+def inputs():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            t = problems.make_inputs(problems.ALL[name], torch.float32, "cpu", 0, SCALE)
+            if "src" in t and "x" in t:
+                t["x1"] = t["x"][t["src"]]
+            cache[name] = t
+        return cache[name]
+
+    return get
 
 
-@pytest.mark.parametrize("lib", ["fastcg", "e3nn"])
-def test_conv_forward(benchmark, conv_case, lib):
-    p, inp, tp = conv_case
-    x, y, w, src, dst = (inp[k] for k in ("x", "y", "weights", "src", "dst"))
-    if lib == "fastcg":
-        benchmark(fastcg.conv, x, y, w, src, dst, p.num_nodes, inp["descriptor"])
+def _libraries(op: str) -> list[str]:
+    return [lib for lib in ops.LIBRARIES[op] if lib != "cuequivariance"]
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
+@pytest.mark.parametrize(
+    ("name", "op", "lib"), [(n, op, lib) for n, op in CASES for lib in _libraries(op)]
+)
+def test_op(benchmark, inputs, name, op, lib, backward):
+    t = inputs(name)
+    if lib == "sphericart":
+        pytest.importorskip("sphericart.torch")
+    benchmark.group = f"{name} {op} {'fwd+bwd' if backward else 'fwd'}"
+    if backward:
+        t, diff = ops._with_grad(op, t)
+    f = ops.build(lib, op, t["problem"], t, torch.float32)
+    if backward:
+        g = torch.randn_like(f().detach())
+        benchmark(lambda: torch.autograd.grad(f(), diff, g))
     else:
-        benchmark(lambda: torch.zeros(p.num_nodes, tp.irreps_out.dim).index_add(
-            0, dst, tp(x[src], y, w)))  # fmt: skip
-
-
-@pytest.mark.parametrize("lib", ["fastcg", "e3nn", "sphericart"])
-@pytest.mark.parametrize("lmax", [3, 6])
-def test_spherical_harmonics_forward(benchmark, lib, lmax):
-    v = torch.randn(int(100000 * SCALE), 3)
-    if lib == "fastcg":
-        benchmark(fastcg.spherical_harmonics, v, lmax)
-    elif lib == "e3nn":
-        benchmark(o3().spherical_harmonics, list(range(lmax + 1)), v, True, "component")
-    else:
-        sct = pytest.importorskip("sphericart.torch")
-        benchmark(sct.SphericalHarmonics(lmax), v)
+        benchmark(f)

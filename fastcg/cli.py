@@ -1,13 +1,21 @@
-"""The ``fastcg`` command: ``check`` (every op against e3nn), ``md`` and ``bench``."""
+"""The ``fastcg`` command: ``check`` (every op against e3nn), ``bench`` and ``md``.
+
+Usage::
+
+    fastcg check [--dtype float64|float32|both] [--backend reference|cpu|all] [--quick]
+    fastcg bench [bench/ops.py's options]      (from a source checkout)
+"""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -31,35 +39,44 @@ class Case:
     e3nn: Callable[..., torch.Tensor]
 
 
-def _error(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
-    if a is None or b is None:
-        return 0.0 if (a is None) == (b is None) else float("inf")
-    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
-    return float((a - b).abs().max()) / scale if a.numel() else 0.0
+def _error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max abs difference over max(1, max |b|): absolute for small values, relative for large."""
+    if not b.numel():
+        return 0.0
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
 
-def _orders(fn, inputs: list[torch.Tensor], seed: int) -> list[list[torch.Tensor | None]]:
-    """Value, first derivatives and a second-derivative contraction of ``fn`` at ``inputs``."""
+def _grad(out, inputs: list[torch.Tensor], g=None, create_graph=False) -> list[torch.Tensor]:
+    """d<out, g>/d inputs, zeros where ``out`` does not depend on an input (a constant)."""
+    if not (torch.is_tensor(out) and out.requires_grad):
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(out, inputs, g, create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(x) if d is None else d for x, d in zip(inputs, grads)]
+
+
+def _orders(fn, inputs: list[torch.Tensor], seed: int) -> list[list[torch.Tensor]]:
+    """Value, first derivatives (of <out, g>, g random) and second derivatives of ``fn``.
+
+    The second order is the gradient of sum(first derivatives ^ 2) with respect to every input:
+    it runs each op's double backward. A constant order (l = 0 harmonics, a linear op's second
+    derivative) compares as zeros, so an op whose backward is not differentiable fails.
+    """
     xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
     diff = [x for x in xs if x.requires_grad]
     out = fn(*xs)
-    gen = torch.Generator().manual_seed(seed)
-    g = torch.randn(out.shape, generator=gen, dtype=out.dtype)
-    if not out.requires_grad:  # e.g. l = 0 harmonics: constant
-        return [[out.detach()], [], []]
-    first = torch.autograd.grad(out, diff, g, create_graph=True, allow_unused=True)
-    u = [torch.randn(d.shape, generator=gen, dtype=d.dtype) for d in diff]
-    s = sum((f * v).sum() for f, v in zip(first, u) if f is not None and f.requires_grad)
-    second = torch.autograd.grad(s, diff, allow_unused=True) if torch.is_tensor(s) else []
-    return [[out.detach()], [f.detach() if f is not None else None for f in first], list(second)]
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    first = _grad(out, diff, g, create_graph=True)
+    second = _grad(sum((f.square().sum() for f in first if f.requires_grad), start=0), diff)
+    return [[out.detach()], [f.detach() for f in first], second]
 
 
-def _compare(case: Case, dtype: torch.dtype, backend: str) -> tuple[float, float, float]:
+def _compare(case: Case, dtype: torch.dtype, backend: str) -> list[float]:
+    """Max error of the value, the first and the second derivatives."""
     inputs = case.inputs(dtype)
     with fastcg.use_backend(backend):
         mine = _orders(case.fastcg, inputs, 1)
     ref = _orders(case.e3nn, inputs, 1)
-    return tuple(max((_error(a, b) for a, b in zip(m, r)), default=0.0) for m, r in zip(mine, ref))
+    return [max(_error(a, b) for a, b in zip(m, r)) for m, r in zip(mine, ref)]
 
 
 def _per_dtype(module: torch.nn.Module) -> dict[torch.dtype, torch.nn.Module]:
@@ -113,11 +130,7 @@ def _tp_cases() -> list[Case]:
         ir1, ir2, iro = o3().Irreps(a), o3().Irreps(b), o3().Irreps(c)
         ins = _instructions(ir1, ir2, iro, mode)
         for shared in (False, True):
-            with torch.random.fork_rng():
-                torch.set_default_dtype(torch.float64)
-                tp = o3().TensorProduct(ir1, ir2, iro, ins, shared_weights=shared,
-                                        internal_weights=False)  # fmt: skip
-                torch.set_default_dtype(torch.float32)
+            tp = _e3nn_tp(ir1, ir2, iro, ins, shared)
             desc = fastcg.descriptor.from_e3nn(tp)
             tps = _per_dtype(tp)
 
@@ -140,25 +153,57 @@ def _tp_cases() -> list[Case]:
     return cases
 
 
-def _conv_case(tps: dict, desc, tag: str) -> Case:
+def _conv_case(tps: dict, desc, tag: str, shared: bool = False, nodes: int = 5,
+               edges: int = 12) -> Case:  # fmt: skip
     tp = tps[torch.float64]
     gen = torch.Generator().manual_seed(3)
-    num_nodes, num_edges = 5, 12
-    src = torch.randint(0, num_nodes, (num_edges,), generator=gen)
-    dst = torch.randint(0, num_nodes, (num_edges,), generator=gen)
+    src = torch.randint(0, nodes, (edges,), generator=gen)
+    dst = torch.randint(0, nodes, (edges,), generator=gen)
 
     def inputs(dtype):
         g = torch.Generator().manual_seed(11)
-        return [torch.randn(num_nodes, tp.irreps_in1.dim, generator=g, dtype=dtype),
-                torch.randn(num_edges, tp.irreps_in2.dim, generator=g, dtype=dtype),
-                torch.randn(num_edges, tp.weight_numel, generator=g, dtype=dtype)]  # fmt: skip
+        w = (tp.weight_numel,) if shared else (edges, tp.weight_numel)
+        return [torch.randn(nodes, tp.irreps_in1.dim, generator=g, dtype=dtype),
+                torch.randn(edges, tp.irreps_in2.dim, generator=g, dtype=dtype),
+                torch.randn(w, generator=g, dtype=dtype)]  # fmt: skip
 
     def ref(x, y, w):
         msg = tps[x.dtype](x[src], y, w)
-        return msg.new_zeros(num_nodes, msg.shape[1]).index_add(0, dst, msg)
+        return msg.new_zeros(nodes, msg.shape[1]).index_add(0, dst, msg)
 
     return Case("conv", tag, inputs,
-                lambda x, y, w: fastcg.conv(x, y, w, src, dst, num_nodes, desc), ref)  # fmt: skip
+                lambda x, y, w: fastcg.conv(x, y, w, src, dst, nodes, desc), ref)  # fmt: skip
+
+
+def _e3nn_tp(ir1, ir2, iro, ins, shared: bool):
+    """An e3nn TensorProduct built in float64 (its constants unrounded)."""
+    with torch.random.fork_rng():
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            return o3().TensorProduct(ir1, ir2, iro, ins, shared_weights=shared,
+                                      internal_weights=False)  # fmt: skip
+        finally:
+            torch.set_default_dtype(default)
+
+
+def _mace_conv_cases() -> list[Case]:
+    """MACE's interaction at a small width: every uvu path to its own block, SH l <= 3.
+
+    16 channels reach the kernels' vectorised loops, which the tiny cases above do not.
+    """
+    ir1, ir2 = o3().Irreps("16x0e+16x1o+16x2e"), o3().Irreps("1x0e+1x1o+1x2e+1x3o")
+    outs = [(i, j, f"{m}x{c}") for i, (m, a) in enumerate(ir1) for j, (_, b) in enumerate(ir2)
+            for c in a * b if c.l <= 3]  # fmt: skip
+    iro = o3().Irreps("+".join(o for _, _, o in outs))
+    ins = [(i, j, k, "uvu", True) for k, (i, j, _) in enumerate(outs)]
+    cases = []
+    for shared in (False, True):
+        tp = _e3nn_tp(ir1, ir2, iro, ins, shared)
+        tag = f"MACE-like 16ch {'shared' if shared else 'per-edge'} weights"
+        desc = fastcg.descriptor.from_e3nn(tp)
+        cases.append(_conv_case(_per_dtype(tp), desc, tag, shared, nodes=6, edges=20))
+    return cases
 
 
 def _other_cases() -> list[Case]:
@@ -185,17 +230,34 @@ def _other_cases() -> list[Case]:
 
         cases.append(Case("linear", f"{a} -> {b}", inputs,
                           lambda x, w, d=desc: fastcg.linear(x, w, d), ref))  # fmt: skip
-    return cases
+    return cases + [_species_linear_case()]
+
+
+def _species_linear_case() -> Case:
+    """Per-species weights: e3nn's unshared Linear with each row's species' weights."""
+    a, b = "4x0e+3x1o", "2x0e+5x1o"
+    lins = _per_dtype(o3().Linear(a, b, shared_weights=False, internal_weights=False))
+    desc = fastcg.linear_descriptor(a, b)
+    species = torch.tensor([2, 0, 1, 2, 2, 0])
+
+    def inputs(dtype):
+        g = torch.Generator().manual_seed(13)
+        return [torch.randn(6, desc.dim_in, generator=g, dtype=dtype),
+                torch.randn(3, desc.weight_numel, generator=g, dtype=dtype)]  # fmt: skip
+
+    return Case("linear", f"{a} -> {b}, 3 species", inputs,
+                lambda x, w: fastcg.linear(x, w, desc, species),
+                lambda x, w: lins[x.dtype](x, w[species]))  # fmt: skip
 
 
 def check(args: argparse.Namespace) -> int:
     """Run every op against e3nn; print a table; 1 when anything fails."""
     dtypes = list(DTYPES.values()) if args.dtype == "both" else [DTYPES[args.dtype]]
     backends = ["reference", "cpu"] if args.backend == "all" else [args.backend]
-    cases = _sh_cases() + _tp_cases() + _other_cases()
+    cases = _sh_cases() + _tp_cases() + _mace_conv_cases() + _other_cases()
     if args.quick:
         cases = [c for i, c in enumerate(cases) if c.op != "spherical_harmonics" or i % 6 == 0]
-    header = f"{'op':<20} {'case':<34} {'dtype':<8} {'backend':<9} {'fwd':>9} {'grad':>9} " \
+    header = f"{'op':<20} {'case':<36} {'dtype':<8} {'backend':<9} {'fwd':>9} {'grad':>9} " \
              f"{'grad2':>9} {'tol':>7}  result"  # fmt: skip
     print(header)
     print("-" * len(header))
@@ -208,25 +270,56 @@ def check(args: argparse.Namespace) -> int:
                 ok = all(e <= tol for e in errors)
                 failed += not ok
                 name = str(dtype).replace("torch.", "")
-                print(f"{case.op:<20} {case.name:<34} {name:<8} {backend:<9} "
+                print(f"{case.op:<20} {case.name:<36} {name:<8} {backend:<9} "
                       + " ".join(f"{e:9.1e}" for e in errors)
                       + f" {tol:7.0e}  {'PASS' if ok else 'FAIL'}")  # fmt: skip
     total = len(cases) * len(dtypes) * len(backends)
     took = time.perf_counter() - start
-    print(f"\n{total - failed} passed, {failed} failed ({took:.1f} s)")
+    print(
+        "\nfwd, grad, grad2: max |fastcg - e3nn| / max(1, max |e3nn|) of the value, the first "
+        "derivatives and grad(sum(first derivatives^2))"
+    )
+    print(f"{total - failed} passed, {failed} failed ({took:.1f} s)")
     return 1 if failed else 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Run bench/ops.py of the source checkout this package was imported from."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "ops.py"
+    if not path.is_file():
+        print(f"fastcg bench needs a source checkout (looked for {path}); clone the repository "
+              "and run `python bench/ops.py`", file=sys.stderr)  # fmt: skip
+        return 2
+    spec = importlib.util.spec_from_file_location("fastcg_bench_ops", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args.options)
+
+
+def md(args: argparse.Namespace) -> int:
+    """Placeholder: the MD throughput demo does not exist yet."""
+    print("not yet implemented: see issue 'Drop-in for real models'", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastcg`` command."""
-    parser = argparse.ArgumentParser(prog="fastcg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fastcg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="validate every op against e3nn (values and derivatives)")
     p.add_argument("--dtype", choices=["float64", "float32", "both"], default="both")
     p.add_argument("--backend", choices=["reference", "cpu", "all"], default="all")
     p.add_argument("--quick", action="store_true", help="fewer spherical-harmonics cases")
     p.set_defaults(run=check)
-    args = parser.parse_args(argv)
+    # bench's options (--help included) are bench/ops.py's: parse_known_args hands them over
+    p = sub.add_parser("bench", add_help=False, help="time every op against e3nn (bench/ops.py)")
+    p.set_defaults(run=bench)
+    p = sub.add_parser("md", help="molecular-dynamics throughput demo (not yet implemented)")
+    p.set_defaults(run=md)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.options = extra
     return args.run(args)
 
 
