@@ -10,6 +10,7 @@ import torch
 
 from . import _C  # noqa: F401  (registers the op schemas and C++ kernels)
 from .backend import get_backend, use_backend
+from .convert import convert
 from .descriptor import (
     LinearDescriptor,
     TPDescriptor,
@@ -30,6 +31,7 @@ __all__ = [
     "LinearDescriptor",
     "TPDescriptor",
     "conv",
+    "convert",
     "get_backend",
     "library_path",
     "linear",

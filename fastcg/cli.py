@@ -297,9 +297,10 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def md(args: argparse.Namespace) -> int:
-    """Placeholder: the MD throughput demo does not exist yet."""
-    print("not yet implemented: see issue 'Drop-in for real models'", file=sys.stderr)
-    return 2
+    """NVE molecular dynamics throughput demo: fastcg vs the e3nn / mace-torch reference."""
+    from . import md as md_job
+
+    return md_job.main(args.options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -314,10 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # bench's options (--help included) are bench/ops.py's: parse_known_args hands them over
     p = sub.add_parser("bench", add_help=False, help="time every op against e3nn (bench/ops.py)")
     p.set_defaults(run=bench)
-    p = sub.add_parser("md", help="molecular-dynamics throughput demo (not yet implemented)")
+    # md's options (--help included) are fastcg/md.py's
+    p = sub.add_parser("md", add_help=False, help="NVE MD throughput, fastcg vs e3nn (fastcg.md)")
     p.set_defaults(run=md)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "bench":
+    if extra and args.command not in ("bench", "md"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.options = extra
     return args.run(args)

@@ -59,9 +59,11 @@ def test_check_fails_without_double_backward(monkeypatch, capsys):
         assert float(r[-5]) < 1e-10 and float(r[-4]) < 1e-10 and float(r[-3]) > 1e-10
 
 
-def test_md_is_an_honest_placeholder(capsys):
-    assert cli.main(["md"]) == 2
-    assert "not yet implemented" in capsys.readouterr().err
+def test_md_is_wired_to_the_md_job(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["md", "--help"])
+    assert exit_info.value.code == 0
+    assert "--steps" in capsys.readouterr().out
 
 
 def test_bench_passes_options_through(capsys):

@@ -1,0 +1,103 @@
+"""mace-torch MACE vs ``fastcg.convert(MACE)``: time per energy+forces call and peak RSS.
+
+The issue's target model: hidden irreps 128x0e+128x1o, max_ell 3, correlation 3, 2 interactions,
+radial MLP [64, 64, 64], 10 Bessel functions, r_max 5, on 864-atom fcc Cu (rattled), float32,
+2 threads. Each variant runs in its own process so that peak RSS is its own.
+
+    .venv-mace/bin/python bench/mace_md.py [--threads 2] [--repeats 3] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def measure(variant: str, threads: int, repeats: int, dtype_name: str, small: bool) -> dict:
+    """One variant in this process: seconds per call (min and median), edges, peak RSS."""
+    import numpy as np
+    import torch
+
+    import fastcg  # noqa: F401  (before mace: e3nn 0.4.4's import flag)
+    from fastcg.calculator import FastCGCalculator
+    from fastcg.md import build_structure, mace_torch_model
+    from fastcg.models._reference import default_dtype
+
+    torch.set_num_threads(threads)
+    atoms = build_structure("cu-small" if small else "cu", 0)
+    with default_dtype(torch.float64):
+        model = mace_torch_model([29], 8 if small else 128, 2 if small else 3, 0)
+    if variant == "fastcg":
+        from fastcg.convert import convert
+
+        model = convert(model)
+    calc = FastCGCalculator(model, dtype=getattr(torch, dtype_name))
+    atoms.calc = calc
+    forces = atoms.get_forces()  # warm-up (e3nn codegen, allocations)
+    times = []
+    for k in range(repeats):
+        atoms.rattle(1e-4, seed=k + 1)
+        start = time.perf_counter()
+        atoms.get_forces()
+        times.append(time.perf_counter() - start)
+    atoms.rattle(0.0)
+    from fastcg.calculator import neighbour_list
+
+    src, _, _ = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
+    return {
+        "variant": variant, "seconds_min": min(times), "seconds_median": float(np.median(times)),
+        "edges": int(len(src)), "atoms": len(atoms),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "forces0": forces.tolist(),
+    }  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--small", action="store_true", help="tiny model and 32 atoms (smoke test)")
+    p.add_argument("--variant", choices=["fastcg", "e3nn"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:
+        print(json.dumps(measure(args.variant, args.threads, args.repeats, args.dtype,
+                                 args.small)))  # fmt: skip
+        return 0
+    results = {}
+    for variant in ("fastcg", "e3nn"):
+        cmd = [sys.executable, __file__, "--variant", variant, "--threads", str(args.threads),
+               "--repeats", str(args.repeats), "--dtype", args.dtype] + (
+                   ["--small"] if args.small else [])  # fmt: skip
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            print(run.stderr[-3000:], file=sys.stderr)
+            return 1
+        results[variant] = json.loads(run.stdout.strip().splitlines()[-1])
+    import numpy as np
+
+    f, e = (np.array(results[v].pop("forces0")) for v in ("fastcg", "e3nn"))
+    r = results["e3nn"]
+    size = "small model" if args.small else "128x0e+128x1o, max_ell 3, correlation 3"
+    print(f"mace-torch MACE ({size}), {r['atoms']} atoms, {r['edges']} edges, {args.dtype}, "
+          f"{args.threads} threads")  # fmt: skip
+    print(f"{'variant':<8} {'s/call (min)':>13} {'s/call (median)':>16} {'peak RSS GB':>12}")
+    for v, r in results.items():
+        print(
+            f"{v:<8} {r['seconds_min']:13.3f} {r['seconds_median']:16.3f} {r['peak_rss_gb']:12.2f}"
+        )
+    a, b = results["fastcg"], results["e3nn"]
+    print(
+        f"speed-up {b['seconds_median'] / a['seconds_median']:.2f}x, "
+        f"memory {a['peak_rss_gb'] / b['peak_rss_gb']:.2f} of e3nn's, "
+        f"max |dF| {np.abs(f - e).max():.2e} eV/A (max |F| {np.abs(e).max():.2e})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""``convert(model)``: a copy of a model with its e3nn hot paths on fastcg kernels.
+
+Every ``e3nn.o3.TensorProduct`` (and subclass), ``o3.Linear``, ``o3.SphericalHarmonics``,
+``e3nn.nn.Gate`` / ``Activation`` becomes its ``fastcg.nn`` twin (``from_e3nn``: same weights,
+same state_dict). When mace-torch is installed, each MACE interaction's
+``conv_tp(node_feats[sender], ...)`` + ``scatter_sum(..., receiver)`` becomes one fused
+``fastcg`` conv: the block's ``conv_tp`` is replaced by :class:`MaceConv` and the block is marked
+with ``conv_fusion = "fastcg"``, which routes mace-torch's own forward through
+``conv_tp(node_feats, edge_attrs, tp_weights, edge_index)`` (the hook mace-torch has for
+cuequivariance / OpenEquivariance fusion). Its linears and skip tensor product are converted too.
+mace-torch's ``SymmetricContraction`` stays as it is unless ``fastcg.nn.SymmetricContraction``
+provides ``from_mace``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import Tensor
+
+import fastcg.nn as fnn
+
+
+class MaceConv(fnn.TensorProductConv):
+    """mace-torch's fused-conv call, ``conv_tp(node_feats, edge_attrs, tp_weights, edge_index)``
+    with ``edge_index = [sender, receiver]``, on the fastcg conv op."""
+
+    def forward(  # type: ignore[override]
+        self, node_feats: Tensor, edge_attrs: Tensor, tp_weights: Tensor, edge_index: Tensor
+    ) -> Tensor:
+        return super().forward(
+            node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], node_feats.shape[0]
+        )
+
+
+def _mace_interaction_class() -> type | None:
+    try:
+        from mace.modules.blocks import InteractionBlock
+    except ImportError:
+        return None
+    return InteractionBlock
+
+
+def _fuse_mace_convs(model: torch.nn.Module) -> int:
+    """Replace the conv_tp of every mace-torch interaction block in place; count them."""
+    block_cls = _mace_interaction_class()
+    if block_cls is None:
+        return 0
+    from fastcg.irreps import o3
+
+    count = 0
+    for module in model.modules():
+        conv = getattr(module, "conv_tp", None)
+        if (isinstance(module, block_cls) and isinstance(conv, o3().TensorProduct)
+                and not hasattr(module, "conv_fusion")):  # fmt: skip
+            module.conv_tp = MaceConv.from_e3nn(conv)
+            module.conv_fusion = "fastcg"
+            count += 1
+    return count
+
+
+def _convert_symmetric_contractions(model: torch.nn.Module) -> int:
+    """Use ``fastcg.nn.SymmetricContraction.from_mace`` where it exists (another issue's op)."""
+    twin_cls = getattr(fnn, "SymmetricContraction", None)
+    if twin_cls is None or not hasattr(twin_cls, "from_mace"):
+        return 0
+    try:
+        from mace.modules.symmetric_contraction import SymmetricContraction
+    except ImportError:
+        return 0
+    count = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, SymmetricContraction):
+                setattr(module, name, twin_cls.from_mace(child))
+                count += 1
+    return count
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every supported e3nn module (and mace-torch conv) on fastcg.
+
+    Same parameters (values, names, dtype, device); the original is left untouched.
+
+    >>> from e3nn import o3
+    >>> lin = o3.Linear("2x0e+1x1o", "1x0e")
+    >>> type(convert(torch.nn.Sequential(lin))[0]).__module__
+    'fastcg.nn.linear'
+    """
+    with warnings.catch_warnings():
+        # e3nn 0.4.4 pickles its generated code through torch.jit (deprecation warnings)
+        warnings.simplefilter("ignore")
+        out = copy.deepcopy(model)
+    _fuse_mace_convs(out)
+    _convert_symmetric_contractions(out)
+    return fnn.convert(out)
+
+
+class MaceTorchModel(torch.nn.Module):
+    """The fastcg model interface (see :mod:`fastcg.models`) around a mace-torch model.
+
+    ``forward(positions, numbers, src, dst, shifts, cell) -> energy``; mace-torch's edge vector is
+    ``pos[receiver] - pos[sender] + shifts``, so it gets ``edge_index = [src, dst]`` and
+    ``-shifts`` (the same geometry as fastcg's ``r_ij = pos[src] - pos[dst] + shifts``).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        index = torch.full((119,), -1, dtype=torch.long)
+        for i, z in enumerate(model.atomic_numbers.tolist()):
+            index[int(z)] = i
+        self.register_buffer("species_index", index, persistent=False)
+        self.num_species = int(model.atomic_numbers.numel())
+
+    def forward(
+        self, positions: Tensor, numbers: Tensor, src: Tensor, dst: Tensor, shifts: Tensor,
+        cell: Tensor,
+    ) -> Tensor:  # fmt: skip
+        """Total energy (0-d)."""
+        n = positions.shape[0]
+        species = self.species_index.index_select(0, numbers)
+        data = {
+            "positions": positions,
+            "node_attrs": torch.nn.functional.one_hot(species, self.num_species).to(positions),
+            "edge_index": torch.stack([src, dst]),
+            "shifts": -shifts,
+            "unit_shifts": torch.zeros_like(shifts),
+            "cell": cell.reshape(-1, 3, 3) if cell.numel() else cell.new_zeros(1, 3, 3),
+            "batch": torch.zeros(n, dtype=torch.long, device=positions.device),
+            "ptr": torch.tensor([0, n], dtype=torch.long, device=positions.device),
+        }
+        out = self.model(data, training=self.training, compute_force=False)
+        return out["energy"].sum()

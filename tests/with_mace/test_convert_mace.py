@@ -1,0 +1,133 @@
+"""fastcg.convert on mace-torch 0.3.16 models (e3nn 0.4.4): fused convs, same numbers."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import fastcg
+import fastcg.nn as fnn
+from fastcg.irreps import o3
+
+pytest.importorskip("mace")
+from ase.build import bulk, molecule  # noqa: E402
+
+from fastcg.calculator import FastCGCalculator  # noqa: E402
+from fastcg.convert import MaceConv, MaceTorchModel, convert  # noqa: E402
+from fastcg.models._reference import default_dtype  # noqa: E402
+
+
+def mace_model(interaction: str, zs=(1, 6, 8), dtype=torch.float64):
+    from mace.modules import MACE, blocks
+
+    cls = getattr(blocks, interaction)
+    torch.manual_seed(0)
+    with default_dtype(dtype), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return MACE(
+            r_max=3.5, num_bessel=4, num_polynomial_cutoff=5, max_ell=2, interaction_cls=cls,
+            interaction_cls_first=cls, num_interactions=2, num_elements=len(zs),
+            hidden_irreps=o3().Irreps("4x0e+4x1o"), MLP_irreps=o3().Irreps("4x0e"),
+            atomic_energies=np.zeros(len(zs)), avg_num_neighbors=5.0, atomic_numbers=list(zs),
+            correlation=3, gate=torch.nn.functional.silu, radial_MLP=[8, 8],
+        )  # fmt: skip
+
+
+def methanol_graph(dtype):
+    atoms = molecule("CH3OH")
+    pos = torch.tensor(atoms.positions, dtype=dtype)
+    i, j = np.nonzero((atoms.get_all_distances() < 3.5) & ~np.eye(len(atoms), dtype=bool))
+    src, dst = torch.tensor(j), torch.tensor(i)
+    shifts = torch.zeros(len(src), 3, dtype=dtype)
+    return pos, torch.tensor(atoms.numbers), src, dst, shifts, torch.zeros(3, 3, dtype=dtype)
+
+
+def energy_forces(model, pos, *rest):
+    p = pos.clone().requires_grad_(True)
+    e = MaceTorchModel(model)(p, *rest)
+    (g,) = torch.autograd.grad(e, p)
+    return e.detach(), -g
+
+
+INTERACTIONS = ["RealAgnosticResidualInteractionBlock", "RealAgnosticInteractionBlock"]
+
+
+@pytest.mark.parametrize("interaction", INTERACTIONS)
+def test_convert_replaces_modules_and_keeps_parameters(interaction):
+    model = mace_model(interaction)
+    fast = convert(model)
+    for block in fast.interactions:
+        assert isinstance(block.conv_tp, MaceConv) and block.conv_fusion == "fastcg"
+        assert isinstance(block.linear_up, fnn.Linear) and isinstance(block.linear, fnn.Linear)
+        assert isinstance(block.skip_tp, fnn.FullyConnectedTensorProduct)
+    assert isinstance(fast.spherical_harmonics, fnn.SphericalHarmonics)
+    assert not any(isinstance(m, o3().TensorProduct) for m in fast.modules())
+    assert all(not hasattr(b, "conv_fusion") for b in model.interactions)  # original untouched
+    ours, theirs = dict(fast.named_parameters()), dict(model.named_parameters())
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("interaction", INTERACTIONS)
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_energy_forces_float64(interaction, backend):
+    model = mace_model(interaction)
+    fast = convert(model)
+    args = methanol_graph(torch.float64)
+    e_ref, f_ref = energy_forces(model, *args)
+    with fastcg.use_backend(backend):
+        e, f = energy_forces(fast, *args)
+    assert abs(float(e - e_ref)) <= 1e-10 * max(1.0, abs(float(e_ref)))
+    assert float((f - f_ref).abs().max()) <= 1e-9 * max(1.0, float(f_ref.abs().max()))
+
+
+def test_energy_forces_float32():
+    model = mace_model(INTERACTIONS[0], dtype=torch.float32)
+    fast = convert(model)
+    args = methanol_graph(torch.float32)
+    e_ref, f_ref = energy_forces(model, *args)
+    e, f = energy_forces(fast, *args)
+    scale = max(1.0, float(f_ref.abs().max()))
+    assert abs(float(e - e_ref)) <= 1e-5 * max(1.0, abs(float(e_ref)))
+    assert float((f - f_ref).abs().max()) <= 1e-5 * scale
+
+
+def test_calculator_periodic_stress_matches_mace():
+    model = mace_model(INTERACTIONS[0], zs=(29,))
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 1, 1)
+    atoms.rattle(0.05, seed=1)
+    atoms.set_cell(atoms.cell.array @ np.array([[1, 0.02, 0], [0, 1, 0], [0, 0.01, 1]]),
+                   scale_atoms=True)  # fmt: skip
+    out = []
+    for m in (model, convert(model)):
+        atoms.calc = FastCGCalculator(m)
+        out.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+    assert abs(out[0][0] - out[1][0]) < 1e-10 * max(1.0, abs(out[0][0]))
+    assert np.abs(out[0][1] - out[1][1]).max() < 1e-9
+    assert np.abs(out[0][2] - out[1][2]).max() < 1e-9
+    num = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
+    assert np.abs(out[1][2] - num).max() < 1e-7
+
+
+def test_mace_own_forward_and_forces():
+    # mace-torch's own forward (data dict, compute_force=True) on the converted model
+    from mace.data import AtomicData, config_from_atoms
+    from mace.tools import AtomicNumberTable, torch_geometric
+
+    model = mace_model(INTERACTIONS[0])
+    fast = convert(model)
+    atoms = molecule("CH3OH")
+    data = AtomicData.from_config(config_from_atoms(atoms), z_table=AtomicNumberTable([1, 6, 8]),
+                                  cutoff=3.5)  # fmt: skip
+    batch = next(iter(torch_geometric.dataloader.DataLoader([data], batch_size=1)))
+    outs = []
+    for m in (model, fast):
+        d = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.to_dict().items()}
+        d["positions"] = d["positions"].to(torch.float64)
+        d["shifts"] = d["shifts"].to(torch.float64)
+        d["cell"] = d["cell"].to(torch.float64)
+        d["node_attrs"] = d["node_attrs"].to(torch.float64)
+        outs.append(m(d, compute_force=True))
+    assert abs(float(outs[0]["energy"] - outs[1]["energy"])) < 1e-10
+    assert float((outs[0]["forces"] - outs[1]["forces"]).abs().max()) < 1e-9
