@@ -3,8 +3,16 @@
 The harmonics are homogeneous polynomials built by the recursion
     Y_{l+1}[m] = s_l * sum_{i,j} C[i, j, m] * Y_l[i] * r_j,   C = e3nn.o3.wigner_3j(l, 1, l + 1),
 with s_l = (2l + 3) / sqrt(l + 1), which reproduces e3nn's "component" normalisation exactly
-(checked against e3nn below). Derivatives follow the same recursion by the product rule, so
-gradients and hessians are straight-line code too.
+(checked against e3nn below). Because Y_{l+1} is harmonic and homogeneous, its gradient needs no
+product rule (e3nn's docstring states it):
+    d Y_{l+1}[m] / d r_k = (l + 1) * s_l * sum_i C[i, k, m] * Y_l[i],
+so every derivative is one sparse term list applied to a lower level: the gradient to Y_l, the
+hessian to dY_l. The emitted functions are straight-line code over that list:
+
+    sh_poly             Y (and dY, H for D >= 1, 2) of W vectors, lane-major arrays
+    sh_vjp              v += sum_m G[m] dY_m/dr            (backward, no [3, dim] array)
+    sh_jvp              out[m] = sum_k dY_m/dr_k d_k        (double backward: grad of grad_sh)
+    sh_jvp_transpose    Wc[i] such that sum_m G[m] H_m d = sh_vjp(Wc)  (double backward)
 
     python tools/gen_sh.py          # writes csrc/core/sh.h
     python tools/gen_sh.py --check  # exits 1 if the committed file differs (CI)
@@ -14,6 +22,7 @@ import argparse
 import math
 import sys
 from fractions import Fraction
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -23,6 +32,8 @@ OUT = Path(__file__).resolve().parent.parent / "csrc" / "core" / "sh.h"
 XYZ = "xyz"
 PAIRS = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]  # hessian storage order
 
+Term = tuple[int, int, int, float]  # (i in Y_l, j in xyz, m in Y_{l+1}, coefficient)
+
 
 def o3():
     sys.path.insert(0, str(OUT.parent.parent.parent))
@@ -31,14 +42,20 @@ def o3():
     return load()
 
 
-def recursion_terms(l: int) -> list[list[tuple[int, int, float]]]:
-    """For each m of l + 1: the (i, j, coefficient) terms of Y_{l+1}[m]."""
+@cache
+def recursion_terms(l: int) -> tuple[Term, ...]:
+    """The (i, j, m, coefficient) terms of Y_{l+1}[m] = sum c * Y_l[i] * r_j, sorted by m."""
     c = o3().wigner_3j(l, 1, l + 1, dtype=torch.float64)
     s = (2 * l + 3) / math.sqrt(l + 1)
-    terms: list[list[tuple[int, int, float]]] = [[] for _ in range(2 * l + 3)]
-    for i, j, m in (c.abs() > 1e-12).nonzero().tolist():
-        terms[m].append((i, j, exact(s * float(c[i, j, m]))))
-    return terms
+    nz = (c.abs() > 1e-12).nonzero().tolist()
+    return tuple(sorted((i, j, m, exact(s * float(c[i, j, m]))) for i, j, m in nz))
+
+
+def by_m(l: int) -> list[list[Term]]:
+    out: list[list[Term]] = [[] for _ in range(2 * l + 3)]
+    for term in sorted(recursion_terms(l), key=lambda t: (t[2], t[0], t[1])):
+        out[term[2]].append(term)
+    return out
 
 
 def exact(c: float) -> float:
@@ -51,66 +68,120 @@ def exact(c: float) -> float:
     return value
 
 
-def check_against_e3nn() -> None:
-    """The recursion must equal e3nn's polynomials; refuse to generate otherwise."""
-    r = torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    y = [torch.ones(16, 1, dtype=torch.float64)]
+def eval_terms(r: torch.Tensor) -> torch.Tensor:
+    """The recursion in PyTorch (float64, differentiable): what the C++ computes."""
+    y = [torch.ones(r.shape[0], 1, dtype=r.dtype)]
     for l in range(LMAX):
-        nxt = torch.zeros(16, 2 * l + 3, dtype=torch.float64)
-        for m, terms in enumerate(recursion_terms(l)):
-            for i, j, c in terms:
-                nxt[:, m] += c * y[l][:, i] * r[:, j]
-        y.append(nxt)
+        cols = [sum(c * y[l][:, i] * r[:, j] for i, j, _, c in terms) for terms in by_m(l)]
+        y.append(torch.stack(cols, dim=1))
+    return torch.cat(y, dim=1)
+
+
+def eval_vjp(r: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """sum_m g[:, m] dY_m/dr by the harmonic-gradient identity (what sh_vjp computes)."""
+    y, v = eval_terms(r), torch.zeros_like(r)
+    for l in range(LMAX):
+        for i, j, m, c in recursion_terms(l):
+            v[:, j] += (l + 1) * c * g[:, (l + 1) ** 2 + m] * y[:, l * l + i]
+    return v
+
+
+def check_against_e3nn() -> None:
+    """The recursion and the gradient identity must equal e3nn; refuse to generate otherwise."""
+    r = torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    r.requires_grad_(True)
     ref = o3().spherical_harmonics(list(range(LMAX + 1)), r, False, "component")
-    err = (torch.cat(y, dim=1) - ref).abs().max().item()
-    if err > 1e-9:
-        raise SystemExit(f"recursion disagrees with e3nn by {err}")
+    err = (eval_terms(r.detach()) - ref.detach()).abs().max().item()
+    g = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(ref, r, g)
+    gerr = (eval_vjp(r.detach(), g) - grad).abs().max().item() / grad.abs().max().item()
+    if err > 1e-9 or gerr > 1e-12:
+        raise SystemExit(f"recursion disagrees with e3nn: values {err}, gradient {gerr}")
 
 
 def lit(c: float) -> str:
     return f"T({c!r})"
 
 
-def emit_level(l: int) -> list[str]:
-    """Code computing level l + 1 of Y, dY (D >= 1) and H (D >= 2) from level l.
+def at(arr: str, idx: int | str) -> str:
+    return f"{arr}[{idx} * W + t]"
 
-    Arrays hold W lanes (vectors) per entry, lane fastest: each statement is a loop over the
-    lanes, which the compiler turns into SIMD code on the CPU (W = 1 on a GPU thread).
-    """
+
+def lanes(lhs: str, rhs: str, indent: int = 4) -> str:
+    return f"{' ' * indent}for (int t = 0; t < W; ++t) {lhs} = {rhs};"
+
+
+def grad_terms(l: int, m: int, k: int) -> list[tuple[int, float]]:
+    """dY_{l+1}[m]/dr_k = sum (coefficient * Y_l[i]) over the returned (i, coefficient)."""
+    return [(i, (l + 1) * c) for i, j, _, c in by_m(l)[m] if j == k]
+
+
+def emit_poly(l: int) -> list[str]:
+    """Level l + 1 of Y, and of dY (D >= 1) and H (D >= 2) by the gradient identity."""
     base, nbase = l * l, (l + 1) * (l + 1)
-
-    def lane(arr: str, idx: int) -> str:
-        return f"{arr}[{idx} * W + t]"
-
     lines = [f"  if constexpr (L >= {l + 1}) {{"]
-    for m, terms in enumerate(recursion_terms(l)):
-        o = nbase + m
-        y = " + ".join(f"{lit(c)} * {lane('Y', base + i)} * {XYZ[j]}[t]" for i, j, c in terms)
-        lines.append(f"    for (int t = 0; t < W; ++t) {lane('Y', o)} = {y};")
-        lines.append("    if constexpr (D >= 1) {")
+    for m, terms in enumerate(by_m(l)):
+        rhs = " + ".join(f"{lit(c)} * {at('Y', base + i)} * {XYZ[j]}[t]" for i, j, _, c in terms)
+        lines.append(lanes(at("Y", nbase + m), rhs))
+    lines.append("    if constexpr (D >= 1) {")
+    for m in range(2 * l + 3):
         for k in range(3):
-            parts = []
-            for i, j, c in terms:
-                term = f"{lane('dY', 3 * (base + i) + k)} * {XYZ[j]}[t]"
-                if j == k:
-                    term = f"({term} + {lane('Y', base + i)})"
-                parts.append(f"{lit(c)} * {term}")
-            lines.append(f"      for (int t = 0; t < W; ++t) {lane('dY', 3 * o + k)} = "
-                         f"{' + '.join(parts)};")  # fmt: skip
-        lines.append("    }")
-        lines.append("    if constexpr (D >= 2) {")
+            rhs = " + ".join(f"{lit(c)} * {at('Y', base + i)}" for i, c in grad_terms(l, m, k))
+            lines.append(lanes(at("dY", 3 * (nbase + m) + k), rhs or "T(0)", 6))
+    lines.append("    }")
+    lines.append("    if constexpr (D >= 2) {")
+    for m in range(2 * l + 3):
         for h, (k, q) in enumerate(PAIRS):
-            parts = []
-            for i, j, c in terms:
-                term = [f"{lane('H', 6 * (base + i) + h)} * {XYZ[j]}[t]"]
-                if j == q:
-                    term.append(lane("dY", 3 * (base + i) + k))
-                if j == k:
-                    term.append(lane("dY", 3 * (base + i) + q))
-                parts.append(f"{lit(c)} * ({' + '.join(term)})")
-            lines.append(f"      for (int t = 0; t < W; ++t) {lane('H', 6 * o + h)} = "
-                         f"{' + '.join(parts)};")  # fmt: skip
-        lines.append("    }")
+            gt = grad_terms(l, m, k)
+            rhs = " + ".join(f"{lit(c)} * {at('dY', 3 * (base + i) + q)}" for i, c in gt)
+            lines.append(lanes(at("H", 6 * (nbase + m) + h), rhs or "T(0)", 6))
+    lines.append("    }")
+    lines.append("  }")
+    return lines
+
+
+def emit_vjp(l: int) -> list[str]:
+    """v[k] += sum_m G_{l+1}[m] dY_{l+1}[m]/dr_k."""
+    base, nbase = l * l, (l + 1) * (l + 1)
+    lines = [f"  if constexpr (L >= {l + 1}) {{"]
+    for m in range(2 * l + 3):
+        parts = []
+        for k in range(3):
+            s = " + ".join(f"{lit(c)} * {at('Y', base + i)}" for i, c in grad_terms(l, m, k))
+            if s:
+                parts.append(f"{at('v', k)} += g * ({s});")
+        body = f"{{ const T g = {at('G', nbase + m)}; {' '.join(parts)} }}"
+        lines.append(f"    for (int t = 0; t < W; ++t) {body}")
+    lines.append("  }")
+    return lines
+
+
+def emit_jvp(l: int) -> list[str]:
+    """out_{l+1}[m] = sum_k dY_{l+1}[m]/dr_k d_k."""
+    base, nbase = l * l, (l + 1) * (l + 1)
+    lines = [f"  if constexpr (L >= {l + 1}) {{"]
+    for m, terms in enumerate(by_m(l)):
+        rhs = " + ".join(
+            f"{lit((l + 1) * c)} * {at('Y', base + i)} * {at('d', j)}" for i, j, _, c in terms
+        )
+        lines.append(lanes(at("out", nbase + m), rhs))
+    lines.append("  }")
+    return lines
+
+
+def emit_jvp_transpose(l: int) -> list[str]:
+    """Wc_l[i] = sum over terms of level l -> l + 1 of coefficient * G_{l+1}[m] d_j (l >= 1:
+    the level-0 entry would multiply the zero gradient of Y_0)."""
+    base, nbase = l * l, (l + 1) * (l + 1)
+    per_i: list[list[Term]] = [[] for _ in range(2 * l + 1)]
+    for term in recursion_terms(l):
+        per_i[term[0]].append(term)
+    lines = [f"  if constexpr (L >= {l + 1}) {{"]
+    for i, terms in enumerate(per_i):
+        rhs = " + ".join(
+            f"{lit((l + 1) * c)} * {at('G', nbase + m)} * {at('d', j)}" for _, j, m, c in terms
+        )
+        lines.append(lanes(at("Wc", base + i), rhs))
     lines.append("  }")
     return lines
 
@@ -118,7 +189,11 @@ def emit_level(l: int) -> list[str]:
 HEADER = """\
 // GENERATED by tools/gen_sh.py -- do not edit; CI fails on drift.
 // Real spherical harmonics in e3nn's basis and "component" normalisation, as homogeneous
-// polynomials of (x, y, z), with first (D >= 1) and second (D >= 2) derivatives.
+// polynomials of (x, y, z), with their derivatives. Derivatives use the harmonic-gradient
+// identity dY_{l+1}/dr_k = (l + 1) s_l sum_i C[i, k, m] Y_l[i] (see tools/gen_sh.py).
+//
+// All arrays hold W vectors (lanes) per entry, lane fastest: entry n of lane t is at [n * W + t],
+// so each statement is a loop over lanes that vectorises on the CPU (W = 1 on a GPU thread).
 #pragma once
 #include "core/common.h"
 
@@ -126,9 +201,8 @@ namespace fastcg {
 
 constexpr int SH_LMAX = %d;
 
-// W vectors at once (lane t of entry n at [n * W + t]): Y[(L+1)^2 * W]; dY[3 (L+1)^2 * W]
-// (d/dx, d/dy, d/dz per entry); H[6 (L+1)^2 * W] (xx, xy, xz, yy, yz, zz per entry).
-// dY / H may be null when D is smaller.
+// Y[(L+1)^2 * W]; dY[3 (L+1)^2 * W] (d/dx, d/dy, d/dz per entry); H[6 (L+1)^2 * W] (xx, xy, xz,
+// yy, yz, zz per entry). dY / H may be null when D is smaller.
 template <int L, int D, int W, typename T>
 FASTCG_HD void sh_poly(const T* x, const T* y, const T* z, T* Y, T* dY, T* H) {
   for (int t = 0; t < W; ++t) {
@@ -137,9 +211,28 @@ FASTCG_HD void sh_poly(const T* x, const T* y, const T* z, T* Y, T* dY, T* H) {
     if constexpr (D >= 2)
       for (int h = 0; h < 6; ++h) H[h * W + t] = T(0);
   }
-"""
+%s
+}
 
-FOOTER = """\
+// v[k * W + t] += sum_m G[m] dY_m/dr_k, given Y from sh_poly and a cotangent G[(L+1)^2 * W]
+// (entry 0, the constant, is never read).
+template <int L, int W, typename T>
+FASTCG_HD void sh_vjp(const T* Y, const T* G, T* v) {
+%s
+}
+
+// out[m] = sum_k dY_m/dr_k d[k] for every entry (out[0] = 0), given Y from sh_poly.
+template <int L, int W, typename T>
+FASTCG_HD void sh_jvp(const T* Y, const T* d, T* out) {
+  for (int t = 0; t < W; ++t) out[t] = T(0);
+%s
+}
+
+// Wc[L^2 * W] with sh_vjp<L - 1>(Y, Wc, v) == sum_m G[m] H_m d (H_m the hessian of Y_m): the
+// double backward's second-derivative term without any hessian. Entry 0 is not written.
+template <int L, int W, typename T>
+FASTCG_HD void sh_jvp_transpose(const T* G, const T* d, T* Wc) {
+%s
 }
 
 }  // namespace fastcg
@@ -148,10 +241,17 @@ FOOTER = """\
 
 def generate() -> str:
     check_against_e3nn()
-    body = []
-    for l in range(LMAX):
-        body += emit_level(l)
-    return HEADER % LMAX + "\n".join(body) + "\n" + FOOTER
+
+    def body(emit, first: int = 0) -> str:
+        return "\n".join(line for l in range(first, LMAX) for line in emit(l))
+
+    return HEADER % (
+        LMAX,
+        body(emit_poly),
+        body(emit_vjp),
+        body(emit_jvp),
+        body(emit_jvp_transpose, first=1),
+    )
 
 
 def main() -> int:

@@ -1,57 +1,204 @@
 // CPU spherical harmonics: values, fused backward (grad_vectors directly) and double backward.
-// Vectors are processed in tiles of kLanes (lane-fastest arrays, see tools/gen_sh.py) so the
-// generated recursion vectorises across vectors.
+// Vectors go in tiles of W lanes (lane-fastest arrays, see tools/gen_sh.py) so the generated
+// straight-line code vectorises across vectors; a partial last tile is padded with zero vectors.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <numbers>
 #include <string>
 
-#include "core/sh_eval.h"
+#include "core/sh.h"
 #include "cpu/utils.h"
 
 namespace fastcg {
 namespace {
 
-constexpr int kLanes = 8;  // one AVX2 register of float lanes
+constexpr int sh_dim(int l) { return (l + 1) * (l + 1); }
+
+// Lanes per tile: four AVX2 registers. Measured (lmax 3, 1e5 vectors, one thread, CPU time) for
+// float fwd / bwd / double bwd: W = 8: 0.61 / 1.97 / 2.62 ms (gcc unrolls the short lane loops
+// and then leaves them scalar), W = 16: 0.53 / 0.80 / 1.35, W = 32: 0.44 / 0.67 / 1.32; at
+// lmax 8 float W = 32 and double W = 16 are best.
+template <typename T>
+constexpr int kLanes = 128 / sizeof(T);
 
 struct ShCall {
   int64_t E;
   bool normalize;
-  int normalization;
+  double scale[sh_dim(SH_LMAX)];  // per entry: component 1, norm 1/sqrt(2l+1), integral 1/sqrt(4pi)
+};
+
+// The polynomial's argument: u = r/|r| and inv = 1/|r| when normalizing (u = 0 and inv = 0 for a
+// zero vector, which zeroes every derivative below), else u = r and inv = 1.
+template <int W, typename T>
+struct Arg {
+  T x[W], y[W], z[W], inv[W];
+
+  Arg(const T* r, bool normalize) {
+    for (int t = 0; t < W; ++t) {
+      x[t] = r[3 * t];
+      y[t] = r[3 * t + 1];
+      z[t] = r[3 * t + 2];
+      inv[t] = T(1);
+    }
+    if (!normalize) return;
+    for (int t = 0; t < W; ++t) {
+      const T n2 = x[t] * x[t] + y[t] * y[t] + z[t] * z[t];
+      inv[t] = n2 > T(0) ? T(1) / std::sqrt(n2) : T(0);
+      x[t] *= inv[t];
+      y[t] *= inv[t];
+      z[t] *= inv[t];
+    }
+  }
+
+  // v <- J^T v in place, J = du/dr = (I - u u^T) / |r| (identity without normalize).
+  void project(T* v, bool normalize) const {
+    if (!normalize) return;
+    for (int t = 0; t < W; ++t) {
+      const T vu = v[t] * x[t] + v[W + t] * y[t] + v[2 * W + t] * z[t];
+      v[t] = (v[t] - vu * x[t]) * inv[t];
+      v[W + t] = (v[W + t] - vu * y[t]) * inv[t];
+      v[2 * W + t] = (v[2 * W + t] - vu * z[t]) * inv[t];
+    }
+  }
 };
 
 template <int L, typename T>
+struct Tile {
+  static constexpr int W = kLanes<T>;
+  static constexpr int dim = sh_dim(L);
+
+  static void scales(const ShCall& c, T* s) {
+    for (int m = 0; m < dim; ++m) s[m] = T(c.scale[m]);
+  }
+
+  // out[t, m] = Y_m(r_t) for W vectors.
+  static void forward(const ShCall& c, const T* r, T* out) {
+    T s[dim], Y[dim * W];
+    scales(c, s);
+    const Arg<W, T> a(r, c.normalize);
+    sh_poly<L, 0, W, T>(a.x, a.y, a.z, Y, nullptr, nullptr);
+    for (int t = 0; t < W; ++t)
+      for (int m = 0; m < dim; ++m) out[t * dim + m] = s[m] * Y[m * W + t];
+  }
+
+  // grad[t] = sum_m g[t, m] dY_m/dr (r_t).
+  static void backward(const ShCall& c, const T* g, const T* r, T* grad) {
+    T s[dim], Y[dim * W], G[dim * W], v[3 * W] = {};
+    scales(c, s);
+    const Arg<W, T> a(r, c.normalize);
+    sh_poly<L, 0, W, T>(a.x, a.y, a.z, Y, nullptr, nullptr);
+    for (int t = 0; t < W; ++t)
+      for (int m = 0; m < dim; ++m) G[m * W + t] = s[m] * g[t * dim + m];
+    sh_vjp<L, W, T>(Y, G, v);
+    a.project(v, c.normalize);
+    for (int t = 0; t < W; ++t)
+      for (int k = 0; k < 3; ++k) grad[3 * t + k] = v[k * W + t];
+  }
+
+  // Given gg (cotangent of the backward's output): gg_sh[t, m] = dY_m/dr . gg and
+  // grad[t] = d/dr (sum_m g_m dY_m/dr . gg) = J^T (sum_m g_m H_m) J gg + sum_i v_i d2u_i gg.
+  static void double_backward(const ShCall& c, const T* gg, const T* g, const T* r, T* gg_sh,
+                              T* grad) {
+    T s[dim], Y[dim * W], G[dim * W], P[dim * W], Wc[std::max(1, L * L) * W];
+    T q[3 * W], d[3 * W], v[3 * W] = {}, hv[3 * W] = {};
+    scales(c, s);
+    const Arg<W, T> a(r, c.normalize);
+    sh_poly<L, 0, W, T>(a.x, a.y, a.z, Y, nullptr, nullptr);
+    for (int t = 0; t < W; ++t)
+      for (int k = 0; k < 3; ++k) q[k * W + t] = d[k * W + t] = gg[3 * t + k];
+    a.project(d, c.normalize);  // J gg: J is symmetric
+    sh_jvp<L, W, T>(Y, d, P);
+    for (int t = 0; t < W; ++t)
+      for (int m = 0; m < dim; ++m) {
+        gg_sh[t * dim + m] = s[m] * P[m * W + t];
+        G[m * W + t] = s[m] * g[t * dim + m];
+      }
+    sh_vjp<L, W, T>(Y, G, v);  // gradient in u-space, for the normalize term
+    if constexpr (L >= 2) {
+      sh_jvp_transpose<L, W, T>(G, d, Wc);
+      sh_vjp<L - 1, W, T>(Y, Wc, hv);
+    }
+    a.project(hv, c.normalize);
+    if (c.normalize) {
+      // + sum_i v_i d2u_i/(dr dr) gg, with d2u_i/(dr_a dr_b) = (3 u_i u_a u_b - d_ia u_b
+      // - d_ib u_a - d_ab u_i) / |r|^2
+      for (int t = 0; t < W; ++t) {
+        const T u[3] = {a.x[t], a.y[t], a.z[t]};
+        const T vt[3] = {v[t], v[W + t], v[2 * W + t]};
+        const T qt[3] = {q[t], q[W + t], q[2 * W + t]};
+        const T vu = vt[0] * u[0] + vt[1] * u[1] + vt[2] * u[2];
+        const T gu = qt[0] * u[0] + qt[1] * u[1] + qt[2] * u[2];
+        const T vg = vt[0] * qt[0] + vt[1] * qt[1] + vt[2] * qt[2];
+        const T i2 = a.inv[t] * a.inv[t];
+        for (int b = 0; b < 3; ++b)
+          hv[b * W + t] += i2 * (T(3) * vu * gu * u[b] - vg * u[b] - vt[b] * gu - qt[b] * vu);
+      }
+    }
+    for (int t = 0; t < W; ++t)
+      for (int k = 0; k < 3; ++k) grad[3 * t + k] = hv[k * W + t];
+  }
+};
+
+// A partial last tile runs on zero-padded copies, through the same (inlined) tile body as full
+// tiles: one copy of the body per entry point keeps the build time down.
+template <typename T>
+const T* padded(const T* src, int n, int w, int W, T* buf) {
+  if (n == W) return src;
+  std::fill(buf + n * w, buf + W * w, T(0));
+  std::copy(src, src + n * w, buf);
+  return buf;
+}
+
+// Tiles [t0, t1) of the E vectors.
+template <int L, typename T>
 void forward_tiles(const ShCall& c, const T* r, T* out, int64_t t0, int64_t t1) {
-  constexpr int64_t dim = sh_dim(L);
+  using S = Tile<L, T>;
+  constexpr int W = S::W, dim = S::dim;
+  T rp[3 * W], op[dim * W];
   for (int64_t t = t0; t < t1; ++t) {
-    const int64_t e = t * kLanes;
-    const int n = static_cast<int>(std::min<int64_t>(kLanes, c.E - e));
-    sh_forward<L, kLanes, T>(r + 3 * e, n, c.normalize, c.normalization, out + e * dim);
+    const int64_t e = t * W;
+    const int n = static_cast<int>(std::min<int64_t>(W, c.E - e));
+    T* o = n == W ? out + e * dim : op;
+    S::forward(c, padded(r + 3 * e, n, 3, W, rp), o);
+    if (n < W) std::copy(op, op + n * dim, out + e * dim);
   }
 }
 
 template <int L, typename T>
 void backward_tiles(const ShCall& c, const T* g, const T* r, T* grad, int64_t t0, int64_t t1) {
-  constexpr int64_t dim = sh_dim(L);
+  using S = Tile<L, T>;
+  constexpr int W = S::W, dim = S::dim;
+  T rp[3 * W], gp[dim * W], op[3 * W];
   for (int64_t t = t0; t < t1; ++t) {
-    const int64_t e = t * kLanes;
-    const int n = static_cast<int>(std::min<int64_t>(kLanes, c.E - e));
-    sh_backward<L, kLanes, T>(g + e * dim, r + 3 * e, n, c.normalize, c.normalization,
-                              grad + 3 * e);
+    const int64_t e = t * W;
+    const int n = static_cast<int>(std::min<int64_t>(W, c.E - e));
+    T* o = n == W ? grad + 3 * e : op;
+    S::backward(c, padded(g + e * dim, n, dim, W, gp), padded(r + 3 * e, n, 3, W, rp), o);
+    if (n < W) std::copy(op, op + 3 * n, grad + 3 * e);
   }
 }
 
 template <int L, typename T>
 void double_tiles(const ShCall& c, const T* gg, const T* g, const T* r, T* gg_sh, T* grad,
                   int64_t t0, int64_t t1) {
-  constexpr int64_t dim = sh_dim(L);
+  using S = Tile<L, T>;
+  constexpr int W = S::W, dim = S::dim;
+  T qp[3 * W], rp[3 * W], gp[dim * W], os[dim * W], ov[3 * W];
   for (int64_t t = t0; t < t1; ++t) {
-    const int64_t e = t * kLanes;
-    const int n = static_cast<int>(std::min<int64_t>(kLanes, c.E - e));
-    sh_double_backward<L, kLanes, T>(gg + 3 * e, g + e * dim, r + 3 * e, n, c.normalize,
-                                     c.normalization, gg_sh + e * dim, grad + 3 * e);
+    const int64_t e = t * W;
+    const int n = static_cast<int>(std::min<int64_t>(W, c.E - e));
+    T* o1 = n == W ? gg_sh + e * dim : os;
+    T* o2 = n == W ? grad + 3 * e : ov;
+    S::double_backward(c, padded(gg + 3 * e, n, 3, W, qp), padded(g + e * dim, n, dim, W, gp),
+                       padded(r + 3 * e, n, 3, W, rp), o1, o2);
+    if (n < W) {
+      std::copy(os, os + n * dim, gg_sh + e * dim);
+      std::copy(ov, ov + 3 * n, grad + 3 * e);
+    }
   }
 }
 
@@ -62,18 +209,22 @@ using BwdFn = void (*)(const ShCall&, const T*, const T*, T*, int64_t, int64_t);
 template <typename T>
 using DblFn = void (*)(const ShCall&, const T*, const T*, const T*, T*, T*, int64_t, int64_t);
 
-// Plain functions per (lmax, dtype) so the AVX2 + FMA clones apply (see cpu/utils.h).
-#define FASTCG_SH_ENTRIES(L, T, S)                                                              \
-  FASTCG_CLONES void fwd_##S##L(const ShCall& c, const T* r, T* o, int64_t a, int64_t b) {      \
-    forward_tiles<L, T>(c, r, o, a, b);                                                         \
-  }                                                                                             \
-  FASTCG_CLONES void bwd_##S##L(const ShCall& c, const T* g, const T* r, T* o, int64_t a,       \
-                                int64_t b) {                                                    \
-    backward_tiles<L, T>(c, g, r, o, a, b);                                                     \
-  }                                                                                             \
-  FASTCG_CLONES void dbl_##S##L(const ShCall& c, const T* q, const T* g, const T* r, T* os,     \
-                                T* ov, int64_t a, int64_t b) {                                  \
-    double_tiles<L, T>(c, q, g, r, os, ov, a, b);                                               \
+// Plain functions per (lmax, dtype) so the AVX2 + FMA clones apply (see cpu/utils.h). flatten:
+// a clone only runs AVX2 code in what is inlined into it, and the tile bodies are too big for
+// the inliner's own choice (without it the clone called SSE2 copies: 0.79 vs 0.41 ms forward).
+#define FASTCG_SH_ENTRIES(L, T, S)                                                               \
+  [[gnu::flatten]] FASTCG_CLONES void fwd_##S##L(const ShCall& c, const T* r, T* o, int64_t a, \
+                                                 int64_t b) {                                    \
+    forward_tiles<L, T>(c, r, o, a, b);                                                          \
+  }                                                                                              \
+  [[gnu::flatten]] FASTCG_CLONES void bwd_##S##L(const ShCall& c, const T* g, const T* r, T* o, \
+                                                 int64_t a, int64_t b) {                         \
+    backward_tiles<L, T>(c, g, r, o, a, b);                                                      \
+  }                                                                                              \
+  [[gnu::flatten]] FASTCG_CLONES void dbl_##S##L(const ShCall& c, const T* q, const T* g,       \
+                                                 const T* r, T* os, T* ov, int64_t a,            \
+                                                 int64_t b) {                                    \
+    double_tiles<L, T>(c, q, g, r, os, ov, a, b);                                                \
   }
 #define FASTCG_SH_ALL(L) FASTCG_SH_ENTRIES(L, float, f) FASTCG_SH_ENTRIES(L, double, d)
 FASTCG_SH_ALL(0)
@@ -87,8 +238,8 @@ FASTCG_SH_ALL(7)
 FASTCG_SH_ALL(8)
 static_assert(SH_LMAX == 8, "add entry points for the new lmax");
 
-#define FASTCG_SH_TABLE(P, S) {P##S##0, P##S##1, P##S##2, P##S##3, P##S##4, P##S##5, P##S##6, \
-                               P##S##7, P##S##8}
+#define FASTCG_SH_TABLE(P, S) \
+  {P##S##0, P##S##1, P##S##2, P##S##3, P##S##4, P##S##5, P##S##6, P##S##7, P##S##8}
 template <typename T>
 struct Entries;
 template <>
@@ -104,10 +255,11 @@ struct Entries<double> {
   static constexpr DblFn<double> dbl[] = FASTCG_SH_TABLE(dbl_, d);
 };
 
-int normalization_id(const std::string& name) {
-  if (name == "component") return 0;
-  if (name == "norm") return 1;
-  if (name == "integral") return 2;
+// e3nn divides its "component" values by sqrt(2l+1) ("norm") or sqrt(4 pi) ("integral").
+double scale_of(const std::string& name, int l) {
+  if (name == "component") return 1.0;
+  if (name == "norm") return 1.0 / std::sqrt(2.0 * l + 1.0);
+  if (name == "integral") return 1.0 / std::sqrt(4.0 * std::numbers::pi);
   TORCH_CHECK(false, "normalization must be 'component', 'norm' or 'integral', got '", name, "'");
 }
 
@@ -115,9 +267,13 @@ ShCall check_vectors(const at::Tensor& v, int64_t lmax, bool normalize,
                      const std::string& normalization) {
   TORCH_CHECK(v.dim() == 2 && v.size(1) == 3 && v.is_contiguous(),
               "vectors must be a contiguous [E, 3] tensor");
-  TORCH_CHECK(v.is_floating_point(), "vectors must be floating point");
+  TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble,
+              "vectors must be float32 or float64");
   TORCH_CHECK(lmax >= 0 && lmax <= SH_LMAX, "lmax must be in [0, ", SH_LMAX, "], got ", lmax);
-  return {v.size(0), normalize, normalization_id(normalization)};
+  ShCall c{v.size(0), normalize, {}};
+  for (int l = 0; l <= SH_LMAX; ++l)
+    for (int m = l * l; m < sh_dim(l); ++m) c.scale[m] = scale_of(normalization, l);
+  return c;
 }
 
 void check_grad_sh(const at::Tensor& g, const at::Tensor& v, int64_t lmax) {
@@ -126,7 +282,10 @@ void check_grad_sh(const at::Tensor& g, const at::Tensor& v, int64_t lmax) {
               "grad_sh must be a contiguous [E, (lmax+1)^2] tensor of the vectors' dtype");
 }
 
-int64_t num_tiles(int64_t E) { return (E + kLanes - 1) / kLanes; }
+template <typename T>
+int64_t num_tiles(int64_t E) {
+  return (E + kLanes<T> - 1) / kLanes<T>;
+}
 
 at::Tensor spherical_harmonics(const at::Tensor& vectors, int64_t lmax, bool normalize,
                                const std::string& normalization) {
@@ -136,7 +295,8 @@ at::Tensor spherical_harmonics(const at::Tensor& vectors, int64_t lmax, bool nor
     const auto f = Entries<scalar_t>::fwd[lmax];
     const scalar_t* r = vectors.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, num_tiles(c.E), 64, [&](int64_t a, int64_t b) { f(c, r, o, a, b); });
+    at::parallel_for(0, num_tiles<scalar_t>(c.E), 64,
+                     [&](int64_t a, int64_t b) { f(c, r, o, a, b); });
   });
   return out;
 }
@@ -151,7 +311,8 @@ at::Tensor spherical_harmonics_backward(const at::Tensor& grad_sh, const at::Ten
     const auto f = Entries<scalar_t>::bwd[lmax];
     const scalar_t *r = vectors.data_ptr<scalar_t>(), *g = grad_sh.data_ptr<scalar_t>();
     scalar_t* o = grad.data_ptr<scalar_t>();
-    at::parallel_for(0, num_tiles(c.E), 32, [&](int64_t a, int64_t b) { f(c, g, r, o, a, b); });
+    at::parallel_for(0, num_tiles<scalar_t>(c.E), 32,
+                     [&](int64_t a, int64_t b) { f(c, g, r, o, a, b); });
   });
   return grad;
 }
@@ -170,7 +331,7 @@ std::tuple<at::Tensor, at::Tensor> spherical_harmonics_double_backward(
     const scalar_t *r = vectors.data_ptr<scalar_t>(), *g = grad_sh.data_ptr<scalar_t>();
     const scalar_t* q = gg.data_ptr<scalar_t>();
     scalar_t *os = gg_sh.data_ptr<scalar_t>(), *ov = grad.data_ptr<scalar_t>();
-    at::parallel_for(0, num_tiles(c.E), 16,
+    at::parallel_for(0, num_tiles<scalar_t>(c.E), 16,
                      [&](int64_t a, int64_t b) { f(c, q, g, r, os, ov, a, b); });
   });
   return {gg_sh, grad};
