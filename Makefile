@@ -47,7 +47,7 @@ test: test-main test-triton test-mace
 test-main: setup
 	$(VENV)/bin/ruff check fastcg tests bench tools
 	$(PY) tools/gen_sh.py --check
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/with_mace
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/with_mace --ignore=tests/mace_layers
 
 # The Triton interpreter must be switched on before kernels are imported: its own process.
 test-triton: setup
@@ -55,7 +55,7 @@ test-triton: setup
 
 test-mace:
 	@if ls tests/with_mace/test_*.py >/dev/null 2>&1; then \
-		$(MAKE) setup-mace && $(MACE_PY) -m pytest -q -p no:cacheprovider tests/with_mace; \
+		$(MAKE) setup-mace && $(MACE_PY) -m pytest -q -p no:cacheprovider tests/with_mace tests/mace_layers; \
 	else echo "no mace-torch tests"; fi
 
 lint: $(PY)

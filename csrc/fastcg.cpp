@@ -49,4 +49,23 @@ TORCH_LIBRARY(fastcg, m) {
   m.def(
       "linear_backward(Tensor grad_out, Tensor x, Tensor weights, Tensor? species, Tensor paths, "
       "Tensor path_coeff, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // MACE symmetric contraction (csrc/core/symmetric_contraction.h): x [N, C, D] (MACE's layout:
+  // each channel's irreps side by side), species int64 [N], weights [S, K, C]; output
+  // [N, C * dim_out] in mul_ir. Tables: monomials int64 [M, 2] (parent, var), pairs int64
+  // [P, 2] (out column, monomial), entries int64 [E, 2] (pair, weight row), coeff float64 [E],
+  // out_cols int64 [dim_out, 2] (first column of the output irrep, its dimension).
+  m.def(
+      "symmetric_contraction(Tensor x, Tensor species, Tensor weights, Tensor monomials, "
+      "Tensor pairs, Tensor entries, Tensor coeff, Tensor out_cols) -> Tensor");
+  m.def(
+      "symmetric_contraction_backward(Tensor grad_out, Tensor x, Tensor species, Tensor weights, "
+      "Tensor monomials, Tensor pairs, Tensor entries, Tensor coeff, Tensor out_cols, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
+  // (grad of grad_out, of x, of weights) given the cotangents of the backward's outputs
+  m.def(
+      "symmetric_contraction_double_backward(Tensor grad_out, Tensor x, Tensor species, "
+      "Tensor weights, Tensor? grad_grad_x, Tensor? grad_grad_weights, Tensor monomials, "
+      "Tensor pairs, Tensor entries, Tensor coeff, Tensor out_cols, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
 }

@@ -128,3 +128,37 @@ def linear(
     flat = x.reshape(-1, x.shape[-1])
     out = linear_tables(flat, weights, species, *descriptor.tensors(), descriptor.dim_out)
     return out.reshape(*x.shape[:-1], descriptor.dim_out)
+
+
+def symmetric_contraction_tables(
+    x: Tensor, species: Tensor, weights: Tensor, monomials: Tensor, pairs: Tensor,
+    entries: Tensor, coeff: Tensor, out_cols: Tensor,
+) -> Tensor:  # fmt: skip
+    """MACE product basis of x [N, C, D] with weights [S, K, C]; [N, C * dim_out] in mul_ir.
+
+    out[b, c, j] = sum_p A[species[b], p, c] * mono[b, c, n_p] over the pairs (j, n_p), with
+    A[e, p, c] = sum over p's entries (k, coeff) of coeff * weights[e, k, c].
+    """
+    n, c = x.shape[0], x.shape[1]
+    vals: list[Tensor] = []
+    for parent, var in monomials.tolist():
+        xv = x[:, :, var]
+        vals.append(xv if parent < 0 else vals[parent] * xv)
+    mono = torch.stack(vals, dim=1) if vals else x.new_zeros(n, 0, c)  # [N, M, C]
+    pairs, entries = pairs.long().to(x.device), entries.long().to(x.device)
+    scaled = coeff.to(weights)[None, :, None] * weights[:, entries[:, 1], :]
+    a = weights.new_zeros(weights.shape[0], pairs.shape[0], c).index_add(1, entries[:, 0], scaled)
+    terms = a[species.long()] * mono[:, pairs[:, 1], :]  # [N, P, C]
+    acc = x.new_zeros(n, out_cols.shape[0], c).index_add(1, pairs[:, 0], terms)
+    blocks = [acc[:, s : s + d, :].transpose(1, 2).reshape(n, c * d)
+              for j, (s, d) in enumerate(out_cols.tolist()) if s == j]  # fmt: skip
+    return torch.cat(blocks, dim=1) if blocks else x.new_zeros(n, 0)
+
+
+def symmetric_contraction(x: Tensor, species: Tensor, weights: Tensor, descriptor) -> Tensor:
+    """MACE's product basis (``fastcg.symmetric_contraction``); x [N, C, D] or mul_ir [N, C*D]."""
+    from .ops.symmetric_contraction import to_channels
+
+    if x.dim() == 2:
+        x = to_channels(x, descriptor.irreps_in, weights.shape[2])
+    return symmetric_contraction_tables(x, species, weights, *descriptor.tensors())

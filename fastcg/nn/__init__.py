@@ -10,7 +10,9 @@ import torch
 from .conv import TensorProductConv
 from .gate import Activation, Gate
 from .linear import Linear
+from .species_linear import SpeciesLinear
 from .spherical_harmonics import SphericalHarmonics
+from .symmetric_contraction import SymmetricContraction
 from .tensor_product import ElementwiseTensorProduct, FullyConnectedTensorProduct, TensorProduct
 
 __all__ = [
@@ -19,7 +21,9 @@ __all__ = [
     "FullyConnectedTensorProduct",
     "Gate",
     "Linear",
+    "SpeciesLinear",
     "SphericalHarmonics",
+    "SymmetricContraction",
     "TensorProduct",
     "TensorProductConv",
     "convert",

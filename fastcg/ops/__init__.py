@@ -4,6 +4,12 @@ from .conv import conv, conv_tables, sort_edges
 from .linear import linear, linear_tables
 from .scatter import scatter_sum
 from .spherical_harmonics import spherical_harmonics
+from .symmetric_contraction import (
+    SymmetricContractionDescriptor,
+    symmetric_contraction,
+    symmetric_contraction_descriptor,
+    symmetric_contraction_tables,
+)
 from .tensor_product import tensor_product, tensor_product_tables
 
 __all__ = [
@@ -14,6 +20,10 @@ __all__ = [
     "scatter_sum",
     "sort_edges",
     "spherical_harmonics",
+    "SymmetricContractionDescriptor",
+    "symmetric_contraction",
+    "symmetric_contraction_descriptor",
+    "symmetric_contraction_tables",
     "tensor_product",
     "tensor_product_tables",
 ]
