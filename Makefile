@@ -7,7 +7,7 @@ MACE_VENV ?= .venv-mace
 MACE_PY := $(MACE_VENV)/bin/python
 export CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: setup setup-mace build demo test test-main test-triton test-mace lint bench clean
+.PHONY: setup setup-mace build demo demo-mace test test-main test-triton test-mace lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -39,8 +39,13 @@ setup-mace: $(MACE_PY) setup
 build: $(PY)
 	$(PY) setup.py -q build_ext --inplace
 
+# The main job: NVE MD on 864-atom Cu, fastcg vs its e3nn twin (`fastcg md --help`).
 demo: setup
-	$(VENV)/bin/fastcg check
+	$(VENV)/bin/fastcg md
+
+# The same with mace-torch's MACE (converted by fastcg.convert) against mace-torch itself.
+demo-mace: setup-mace
+	$(MACE_PY) -m fastcg.cli md --model mace-torch
 
 test: test-main test-triton test-mace
 

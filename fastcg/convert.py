@@ -7,9 +7,11 @@ same state_dict). When mace-torch is installed, each MACE interaction's
 ``fastcg`` conv: the block's ``conv_tp`` is replaced by :class:`MaceConv` and the block is marked
 with ``conv_fusion = "fastcg"``, which routes mace-torch's own forward through
 ``conv_tp(node_feats, edge_attrs, tp_weights, edge_index)`` (the hook mace-torch has for
-cuequivariance / OpenEquivariance fusion). Its linears and skip tensor product are converted too.
-mace-torch's ``SymmetricContraction`` stays as it is unless ``fastcg.nn.SymmetricContraction``
-provides ``from_mace``.
+cuequivariance / OpenEquivariance fusion). Its linears are converted too; its skip tensor
+product with the one-hot species becomes :class:`fastcg.nn.SpeciesLinear` (one weight set per
+species: the same numbers, a factor num_species fewer operations), and every mace-torch
+``SymmetricContraction`` (the product basis) becomes :class:`fastcg.nn.SymmetricContraction`.
+Both keep mace-torch's parameter and buffer names, so state_dicts are interchangeable.
 """
 
 from __future__ import annotations
@@ -62,10 +64,7 @@ def _fuse_mace_convs(model: torch.nn.Module) -> int:
 
 
 def _convert_symmetric_contractions(model: torch.nn.Module) -> int:
-    """Use ``fastcg.nn.SymmetricContraction.from_mace`` where it exists (another issue's op)."""
-    twin_cls = getattr(fnn, "SymmetricContraction", None)
-    if twin_cls is None or not hasattr(twin_cls, "from_mace"):
-        return 0
+    """Swap every mace-torch ``SymmetricContraction`` for ``fastcg.nn.SymmetricContraction``."""
     try:
         from mace.modules.symmetric_contraction import SymmetricContraction
     except ImportError:
@@ -74,8 +73,28 @@ def _convert_symmetric_contractions(model: torch.nn.Module) -> int:
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, SymmetricContraction):
-                setattr(module, name, twin_cls.from_mace(child))
+                setattr(module, name, fnn.SymmetricContraction.from_mace(child))
                 count += 1
+    return count
+
+
+def _convert_skip_tps(model: torch.nn.Module) -> int:
+    """mace-torch's ``skip_tp(h, node_attrs)`` (a fully connected product with the one-hot
+    species) becomes a species-indexed linear; products it cannot express stay e3nn."""
+    block_cls = _mace_interaction_class()
+    if block_cls is None:
+        return 0
+    from fastcg.irreps import o3
+
+    count = 0
+    for module in model.modules():
+        tp = getattr(module, "skip_tp", None)
+        if isinstance(module, block_cls) and isinstance(tp, o3().FullyConnectedTensorProduct):
+            try:
+                module.skip_tp = fnn.SpeciesLinear.from_skip_tp(tp)
+            except (NotImplementedError, ValueError):
+                continue
+            count += 1
     return count
 
 
@@ -94,6 +113,7 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
         warnings.simplefilter("ignore")
         out = copy.deepcopy(model)
     _fuse_mace_convs(out)
+    _convert_skip_tps(out)
     _convert_symmetric_contractions(out)
     return fnn.convert(out)
 

@@ -12,6 +12,7 @@ from .gate import Activation, Gate
 from .linear import Linear
 from .species_linear import SpeciesLinear
 from .spherical_harmonics import SphericalHarmonics
+from .symmetric_contraction import SymmetricContraction
 from .tensor_product import ElementwiseTensorProduct, FullyConnectedTensorProduct, TensorProduct
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Linear",
     "SpeciesLinear",
     "SphericalHarmonics",
+    "SymmetricContraction",
     "TensorProduct",
     "TensorProductConv",
     "convert",

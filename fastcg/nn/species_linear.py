@@ -9,7 +9,8 @@ from ..cg import wigner_3j
 from ..descriptor import linear_descriptor
 from ..irreps import irreps as to_irreps
 from ..ops import linear_tables
-from .tensor_product import Float64Tables
+from .symmetric_contraction import one_hot_species
+from .tensor_product import _E3NN_CODEGEN, Float64Tables
 
 
 class SpeciesLinear(Float64Tables):
@@ -47,12 +48,14 @@ class SpeciesLinear(Float64Tables):
         paths, coeff = desc.tensors()
         self.register_buffer("_paths", paths, persistent=False)
         self.register_buffer("_path_coeff", coeff * coeff_scale, persistent=False)
+        self.register_buffer("_weight_index", torch.zeros(0, dtype=torch.long), persistent=False)
 
     @classmethod
     def from_skip_tp(cls, fctp: torch.nn.Module) -> "SpeciesLinear":
         """Twin of an e3nn ``FullyConnectedTensorProduct(x_irreps, "Sx0e", out_irreps)`` called
-        with one-hot species attributes (mace-torch's ``skip_tp``): same outputs, and the
-        weights are the tensor product's, rearranged ``[u, s, w] -> [s, (u, w)]``."""
+        with one-hot species attributes (mace-torch's ``skip_tp``): same outputs; ``weight`` is
+        a copy of the tensor product's flat parameter (same name and shape), rearranged
+        ``[u, s, w] -> [s, (u, w)]`` by a gather at each call."""
         ir1, ir2, ir_out = fctp.irreps_in1, fctp.irreps_in2, fctp.irreps_out
         if len(ir2) != 1 or ir2[0].ir.l != 0 or ir2[0].ir.p != 1:
             raise ValueError(f"the second input must be one block of 0e (species), got {ir2}")
@@ -69,17 +72,36 @@ class SpeciesLinear(Float64Tables):
         coeff = [i.path_weight * float(wigner_3j(ir1[i.i_in1].ir.l, 0, ir1[i.i_in1].ir.l)[0, 0, 0])
                  for i in ins if ir1[i.i_in1].mul * ir_out[i.i_out].mul > 0]  # fmt: skip
         twin._path_coeff = torch.tensor(coeff, dtype=torch.float64)
+        # The tensor product's own flat weight [(u, s, w) per path] stays the parameter (same
+        # name, shape and state_dict); forward gathers it into [s, (u, w) per path].
         blocks, off = [], 0
         for i in ins:
             mi, mo = ir1[i.i_in1].mul, ir_out[i.i_out].mul
-            w = fctp.weight.detach()[off : off + mi * s * mo].reshape(mi, s, mo)
-            blocks.append(w.permute(1, 0, 2).reshape(s, mi * mo))
+            idx = torch.arange(off, off + mi * s * mo).reshape(mi, s, mo)
+            blocks.append(idx.permute(1, 0, 2).reshape(s, mi * mo))
             off += mi * s * mo
+        index = torch.cat(blocks, dim=1) if blocks else torch.zeros(s, 0, dtype=torch.long)
+        twin._weight_index = index.reshape(-1)
+        twin.weight = torch.nn.Parameter(fctp.weight.detach().clone(),
+                                         requires_grad=fctp.weight.requires_grad)  # fmt: skip
+        for name, buf in fctp.named_buffers(recurse=False):  # e3nn's output_mask
+            if name not in fctp._non_persistent_buffers_set:
+                twin.register_buffer(name, buf.detach().clone())
         ref = fctp.weight
-        twin = twin.to(device=ref.device, dtype=ref.dtype)
-        with torch.no_grad():
-            twin.weight.copy_(torch.cat(blocks, dim=1) if blocks else twin.weight)
-        return twin
+        return twin.to(device=ref.device, dtype=ref.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a skip tensor product's state_dict: e3nn's generated-code buffers are not needed here
+        codegen = tuple(prefix + name + "." for name in _E3NN_CODEGEN)
+        kept = {k: v for k, v in state_dict.items() if not k.startswith(codegen)}
+        super()._load_from_state_dict(kept, prefix, *args, **kwargs)
+
+    def species_weights(self) -> Tensor:
+        """``[num_species, weight_numel]`` (gathered from a tensor product's flat weight)."""
+        if self._weight_index.numel() == 0:
+            return self.weight
+        w = self.weight.index_select(0, self._weight_index)
+        return w.view(self.num_species, self.weight_numel)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out} | "
@@ -87,9 +109,8 @@ class SpeciesLinear(Float64Tables):
 
     def forward(self, x: Tensor, species: Tensor) -> Tensor:
         """x ``[N, irreps_in.dim]``; species ``[N]`` or one-hot ``[N, num_species]``."""
-        if species.is_floating_point():
-            species = species.argmax(dim=-1)
+        species = one_hot_species(species)
         if self.weight_numel == 0:
             return x.new_zeros(list(x.shape[:-1]) + [self._dim_out])
-        return linear_tables(x, self.weight, species, self._paths, self._path_coeff,
+        return linear_tables(x, self.species_weights(), species, self._paths, self._path_coeff,
                              self._dim_in, self._dim_out, self.weight_numel)  # fmt: skip

@@ -21,10 +21,12 @@ class SymmetricContraction(Float64Tables):
 
     ``forward(x, y)``: x ``[N, num_channels, irreps_in dim per channel]`` (MACE's layout), y the
     one-hot node attributes ``[N, num_elements]`` (or species indices ``[N]``); returns
-    ``[N, num_channels * irreps_out dim per channel]`` in mul_ir, as mace-torch. The weights are
-    one parameter ``weight [num_elements, weight_numel, num_channels]`` (mace-torch keeps one
-    per output irrep and correlation order: ``from_mace`` concatenates them, so state_dict keys
-    differ). y must be one-hot: the species is its argmax.
+    ``[N, num_channels * irreps_out dim per channel]`` in mul_ir, as mace-torch. Constructed
+    here, the weights are one parameter ``weight [num_elements, weight_numel, num_channels]``;
+    ``from_mace`` keeps mace-torch's parameters and buffers under mace-torch's names instead
+    (``contractions.{i}.weights_max``, ``contractions.{i}.weights.{j}``, ``U_matrix_*``), so a
+    converted model loads mace checkpoints and trains the same tensors. y must be one-hot (its
+    argmax is the species; anything else raises, since the op would silently differ).
 
     >>> sc = SymmetricContraction("8x0e+8x1o", "8x0e", correlation=2, num_elements=3)
     >>> sc(torch.randn(5, 8, 4), torch.eye(3)[[0, 1, 2, 0, 1]]).shape
@@ -71,7 +73,7 @@ class SymmetricContraction(Float64Tables):
 
     def _setup(
         self, irreps_in: Any, irreps_out: Any, desc: SymmetricContractionDescriptor,
-        num_elements: int,
+        num_elements: int, dense_weight: bool = True,
     ) -> None:  # fmt: skip
         self.irreps_in, self.irreps_out = to_irreps(irreps_in), to_irreps(irreps_out)
         self.descriptor = desc
@@ -79,45 +81,96 @@ class SymmetricContraction(Float64Tables):
         self.num_elements = int(num_elements)
         self.correlation = desc.correlation
         self.weight_numel, self._dim_in = desc.weight_numel, desc.dim_in
-        self.weight = torch.nn.Parameter(
-            torch.randn(self.num_elements, desc.weight_numel, self.num_features)
-        )
+        if dense_weight:
+            self.weight = torch.nn.Parameter(
+                torch.randn(self.num_elements, desc.weight_numel, self.num_features)
+            )
         names = ("_monomials", "_pairs", "_entries", "_coeff", "_out_cols")
         for name, table in zip(names, desc.tensors()):
             self.register_buffer(name, table, persistent=False)
 
     @classmethod
     def from_mace(cls, module: torch.nn.Module) -> "SymmetricContraction":
-        """The twin of a mace-torch ``SymmetricContraction``: its coupling (U) tensors and
-        weights, its device and dtype."""
-        couplings, weights = [], []
-        for c in module.contractions:
-            corr = int(c.correlation)
-            couplings.append([c.U_tensors(nu) for nu in range(1, corr + 1)])
-            # mace: weights_max is order `corr`, weights[i] order corr - 1 - i
-            weights += [c.weights[corr - 1 - nu] for nu in range(1, corr)] + [c.weights_max]
-        desc = descriptor_from_coupling(module.irreps_in, module.irreps_out, couplings)
-        ref = weights[0]
-        twin = cls.__new__(cls)
-        Float64Tables.__init__(twin)
-        twin._setup(module.irreps_in, module.irreps_out, desc, ref.shape[0])
-        w = torch.cat([t.detach() for t in weights], dim=1)
-        if tuple(w.shape) != tuple(twin.weight.shape):
-            raise ValueError(f"mace weights {tuple(w.shape)} do not fit {tuple(twin.weight.shape)}")
-        twin = twin.to(device=ref.device, dtype=ref.dtype)
-        with torch.no_grad():
-            twin.weight.copy_(w)
-        return twin
+        """The twin of a mace-torch ``SymmetricContraction``: its coupling (U) tensors, and its
+        parameters and persistent buffers (copies, same names, device and dtype)."""
+        return MaceSymmetricContraction(module)
 
     def __repr__(self) -> str:
         ins, outs = channel_irreps(self.irreps_in), channel_irreps(self.irreps_out)
         return (f"{self.__class__.__name__}({self.num_features}x({ins}) -> ({outs}) | "
                 f"correlation {list(self.correlation)}, {self.num_elements} elements)")  # fmt: skip
 
+    def weights(self) -> Tensor:
+        """``[num_elements, weight_numel, num_channels]``, orders 1..correlation per output."""
+        return self.weight
+
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """x ``[N, C, D]``, y one-hot ``[N, num_elements]`` or species ``[N]``."""
-        species = y.argmax(dim=-1) if y.is_floating_point() else y
+        species = one_hot_species(y)
         return symmetric_contraction_tables(
-            x, species, self.weight, self._monomials, self._pairs, self._entries, self._coeff,
+            x, species, self.weights(), self._monomials, self._pairs, self._entries, self._coeff,
             self._out_cols, self._dim_in, self.weight_numel,
         )  # fmt: skip
+
+
+def one_hot_species(y: Tensor) -> Tensor:
+    """Species indices of one-hot node attributes (integer ``y`` is returned as it is).
+
+    The fastcg ops select one weight set per node, which equals mace-torch's contraction with
+    ``y`` only when each row of ``y`` is one-hot; the check is asynchronous on GPUs.
+    """
+    if not y.is_floating_point():
+        return y
+    if y.dim() != 2:
+        raise ValueError(f"node attributes must be [N, num_elements], got {list(y.shape)}")
+    ones, zeros = (y == 1).sum(dim=-1), (y == 0).sum(dim=-1)
+    one_hot = ((ones == 1) & (zeros == y.shape[1] - 1)).all()
+    torch._assert_async(one_hot, "fastcg: node attributes must be one-hot rows (one 1, the rest 0)")
+    return y.argmax(dim=-1)
+
+
+class _MaceWeights(torch.nn.Module):
+    """A copy of one mace-torch ``Contraction``'s parameters and persistent buffers, same names."""
+
+    def __init__(self, contraction: torch.nn.Module) -> None:
+        super().__init__()
+
+        def copy(p: Tensor) -> torch.nn.Parameter:
+            return torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+
+        # mace: weights_max is order `correlation`, weights[i] order correlation - 1 - i
+        self.weights = torch.nn.ParameterList([copy(p) for p in contraction.weights])
+        self.weights_max = copy(contraction.weights_max)
+        skip = contraction._non_persistent_buffers_set
+        for name, buf in contraction.named_buffers(recurse=False):
+            if name not in skip:
+                self.register_buffer(name, buf.detach().clone())
+
+    def ordered(self) -> Tensor:
+        """``[num_elements, params of orders 1..correlation, channels]``."""
+        ws: list[Tensor] = [self.weights_max]
+        for w in self.weights:
+            ws.insert(0, w)
+        return torch.cat(ws, dim=1)
+
+
+class MaceSymmetricContraction(SymmetricContraction):
+    """``SymmetricContraction.from_mace``: mace-torch's parameters and state_dict layout."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        Float64Tables.__init__(self)
+        couplings = [[c.U_tensors(nu) for nu in range(1, int(c.correlation) + 1)]
+                     for c in module.contractions]  # fmt: skip
+        desc = descriptor_from_coupling(module.irreps_in, module.irreps_out, couplings)
+        first = module.contractions[0].weights_max
+        self._setup(module.irreps_in, module.irreps_out, desc, first.shape[0], dense_weight=False)
+        self.contractions = torch.nn.ModuleList([_MaceWeights(c) for c in module.contractions])
+        shape = tuple(self.weights().shape)
+        if shape != (self.num_elements, desc.weight_numel, self.num_features):
+            raise ValueError(f"mace weights {shape} do not fit this descriptor "
+                             f"({desc.weight_numel} weights per element and channel)")  # fmt: skip
+        self.to(device=first.device, dtype=first.dtype)
+
+    def weights(self) -> Tensor:
+        """mace-torch's weights, concatenated in the op's order (a differentiable view)."""
+        return torch.cat([c.ordered() for c in self.contractions], dim=1)
