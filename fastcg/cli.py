@@ -250,11 +250,50 @@ def _species_linear_case() -> Case:
                 lambda x, w: lins[x.dtype](x, w[species]))  # fmt: skip
 
 
+def _symmetric_contraction_case() -> Case:
+    """MACE's product basis against the dense formula with the coupling tensors U (mace-torch's
+    ``U_matrix_real``, built from e3nn's Wigner 3j): sum over orders nu of
+    U[m, j_1..j_nu, k] x[j_1]..x[j_nu] W[species, k, c] per node and channel."""
+    from .ops.symmetric_contraction import (
+        channel_irreps,
+        coupling_tensors,
+        symmetric_contraction,
+        symmetric_contraction_descriptor,
+    )
+
+    ir_in, ir_out, corr = "0e+1o+2e", "0e+1o", 3
+    desc = symmetric_contraction_descriptor(ir_in, ir_out, corr)
+    us = [coupling_tensors(ir_in, ir, corr) for _, ir in channel_irreps(ir_out)]
+    species = torch.tensor([2, 0, 1, 2, 2, 0])
+
+    def inputs(dtype):
+        g = torch.Generator().manual_seed(17)
+        return [torch.randn(6, 3, desc.dim_in, generator=g, dtype=dtype),
+                torch.randn(3, desc.weight_numel, 3, generator=g, dtype=dtype)]  # fmt: skip
+
+    def dense(x, w):
+        outs = []
+        for o, u_o in enumerate(us):
+            acc = 0
+            for nu, u in enumerate(u_o, start=1):
+                off = desc.weight_offset(o, nu)
+                t = torch.einsum("ncj,m...jk->ncm...k", x, u.to(x.dtype))
+                for _ in range(nu - 1):
+                    t = torch.einsum("ncj,ncm...jk->ncm...k", x, t)
+                acc = acc + torch.einsum("ncmk,nkc->ncm", t, w[species, off : off + u.shape[-1]])
+            outs.append(acc.flatten(1))
+        return torch.cat(outs, dim=1)
+
+    return Case("symmetric_contraction", f"3x({ir_in}) -> {ir_out}, corr {corr}", inputs,
+                lambda x, w: symmetric_contraction(x, species, w, desc), dense)  # fmt: skip
+
+
 def check(args: argparse.Namespace) -> int:
     """Run every op against e3nn; print a table; 1 when anything fails."""
     dtypes = list(DTYPES.values()) if args.dtype == "both" else [DTYPES[args.dtype]]
     backends = ["reference", "cpu"] if args.backend == "all" else [args.backend]
     cases = _sh_cases() + _tp_cases() + _mace_conv_cases() + _other_cases()
+    cases.append(_symmetric_contraction_case())
     if args.quick:
         cases = [c for i, c in enumerate(cases) if c.op != "spherical_harmonics" or i % 6 == 0]
     header = f"{'op':<20} {'case':<36} {'dtype':<8} {'backend':<9} {'fwd':>9} {'grad':>9} " \
