@@ -254,6 +254,7 @@ def _symmetric_contraction_case() -> Case:
     """MACE's product basis against the dense formula with the coupling tensors U (mace-torch's
     ``U_matrix_real``, built from e3nn's Wigner 3j): sum over orders nu of
     U[m, j_1..j_nu, k] x[j_1]..x[j_nu] W[species, k, c] per node and channel."""
+    from . import reference
     from .ops.symmetric_contraction import (
         channel_irreps,
         coupling_tensors,
@@ -271,18 +272,10 @@ def _symmetric_contraction_case() -> Case:
         return [torch.randn(6, 3, desc.dim_in, generator=g, dtype=dtype),
                 torch.randn(3, desc.weight_numel, 3, generator=g, dtype=dtype)]  # fmt: skip
 
+    offsets = [[desc.weight_offset(o, nu) for nu in range(1, corr + 1)] for o in range(len(us))]
+
     def dense(x, w):
-        outs = []
-        for o, u_o in enumerate(us):
-            acc = 0
-            for nu, u in enumerate(u_o, start=1):
-                off = desc.weight_offset(o, nu)
-                t = torch.einsum("ncj,m...jk->ncm...k", x, u.to(x.dtype))
-                for _ in range(nu - 1):
-                    t = torch.einsum("ncj,ncm...jk->ncm...k", x, t)
-                acc = acc + torch.einsum("ncmk,nkc->ncm", t, w[species, off : off + u.shape[-1]])
-            outs.append(acc.flatten(1))
-        return torch.cat(outs, dim=1)
+        return reference.symmetric_contraction_dense(x, species, w, us, offsets)
 
     return Case("symmetric_contraction", f"3x({ir_in}) -> {ir_out}, corr {corr}", inputs,
                 lambda x, w: symmetric_contraction(x, species, w, desc), dense)  # fmt: skip

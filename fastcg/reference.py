@@ -162,3 +162,27 @@ def symmetric_contraction(x: Tensor, species: Tensor, weights: Tensor, descripto
     if x.dim() == 2:
         x = to_channels(x, descriptor.irreps_in, weights.shape[2])
     return symmetric_contraction_tables(x, species, weights, *descriptor.tensors())
+
+
+def symmetric_contraction_dense(
+    x: Tensor, species: Tensor, weights: Tensor, couplings: list[list[Tensor]],
+    offsets: list[list[int]],
+) -> Tensor:  # fmt: skip
+    """MACE's product basis from its dense coupling tensors, independent of the sparse tables:
+    ``out[n, c, m] = sum_nu sum_k W[s_n, off + k, c] sum_j U_nu[m, j_1..j_nu, k] x[n, c, j_1]..``.
+
+    ``couplings[o][nu - 1]`` is ``U`` ``[2l+1, D, .., D, K]`` of output irrep o,
+    ``offsets[o][nu - 1]`` its first weight row; returns ``[N, C * dim_out]`` (mul_ir).
+    """
+    w = weights.index_select(0, species)  # [N, numel, C]
+    outs = []
+    for u_o, off_o in zip(couplings, offsets):
+        acc = None
+        for nu, (u, off) in enumerate(zip(u_o, off_o), start=1):
+            t = torch.einsum("ncj,m...jk->ncm...k", x, u.to(x.dtype))
+            for _ in range(nu - 1):
+                t = torch.einsum("ncj,ncm...jk->ncm...k", x, t)
+            term = torch.einsum("ncmk,nkc->ncm", t, w[:, off : off + u.shape[-1]])
+            acc = term if acc is None else acc + term
+        outs.append(acc.flatten(1))
+    return torch.cat(outs, dim=1)

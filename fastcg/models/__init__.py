@@ -42,11 +42,12 @@ class Layers:
     FullyConnectedTensorProduct: Any
     TensorProductConv: Any
     Gate: Any
+    SymmetricContraction: Any  # (irreps_in, irreps_out, correlation, num_elements=)(x, one_hot)
 
 
 FASTCG_LAYERS = Layers(
     fnn.SphericalHarmonics, fnn.Linear, fnn.TensorProduct, fnn.FullyConnectedTensorProduct,
-    fnn.TensorProductConv, fnn.Gate,
+    fnn.TensorProductConv, fnn.Gate, fnn.SymmetricContraction,
 )  # fmt: skip
 
 

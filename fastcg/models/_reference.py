@@ -48,13 +48,42 @@ def _e3nn_conv_class() -> type:
     return E3nnConv
 
 
+class DenseSymmetricContraction(torch.nn.Module):
+    """``fastcg.nn.SymmetricContraction``'s twin: the dense coupling tensors U (mace-torch's
+    ``U_matrix_real``, from e3nn's Wigner 3j) contracted with einsum; same ``weight``."""
+
+    def __init__(
+        self, irreps_in: str, irreps_out: str, correlation: int, num_elements: int
+    ) -> None:
+        super().__init__()
+        from fastcg.ops.symmetric_contraction import (
+            channel_irreps,
+            coupling_tensors,
+            symmetric_contraction_descriptor,
+        )
+
+        desc = symmetric_contraction_descriptor(irreps_in, irreps_out, correlation)
+        outs = channel_irreps(irreps_out)
+        self.couplings = [coupling_tensors(irreps_in, ir, correlation) for _, ir in outs]
+        self.offsets = [[desc.weight_offset(o, nu) for nu in range(1, correlation + 1)]
+                        for o in range(len(outs))]  # fmt: skip
+        channels = o3().Irreps(irreps_in).count((0, 1))
+        self.weight = torch.nn.Parameter(torch.randn(num_elements, desc.weight_numel, channels))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        from fastcg.reference import symmetric_contraction_dense
+
+        species = y.argmax(dim=-1)
+        return symmetric_contraction_dense(x, species, self.weight, self.couplings, self.offsets)
+
+
 def e3nn_layers() -> Layers:
     """The :class:`~fastcg.models.Layers` of e3nn (imports e3nn)."""
     m = o3()
     from e3nn import nn as e3nn_nn
 
     return Layers(m.SphericalHarmonics, m.Linear, m.TensorProduct, m.FullyConnectedTensorProduct,
-                  _e3nn_conv_class(), e3nn_nn.Gate)  # fmt: skip
+                  _e3nn_conv_class(), e3nn_nn.Gate, DenseSymmetricContraction)  # fmt: skip
 
 
 def copy_weights(target: torch.nn.Module, source: torch.nn.Module) -> None:

@@ -3,65 +3,27 @@
 Same skeleton as mace-torch's ``MACE`` with ``RealAgnosticResidualInteractionBlock``: one-hot
 species embedding, Bessel x polynomial-cutoff radial features into a radial MLP giving per-edge
 weights of a uvu convolution with the spherical harmonics (``linear_up -> conv -> linear / avg``),
-a species skip tensor product, a product basis, a linear, and per-layer readouts (the last one
-nonlinear on scalars).
-
-The product basis is NOT mace-torch's symmetric contraction (``fastcg.nn.SymmetricContraction``
-did not exist when this was written): it is a simpler channel-wise polynomial of the same degree,
-``B = L_1(A) + L_2(A (x) A) + L_3((A (x) A) (x) A) + ...`` up to ``correlation``, where ``(x)`` is
-a weighted uuu tensor product (each channel with itself, every allowed l1 x l2 -> l3) and
-``L_k`` are equivariant linears. Its weights are shared across species (MACE's are per species).
+a species skip tensor product, MACE's product basis (``fastcg.nn.SymmetricContraction``: the
+symmetric contraction with per-species weights, mace-torch's coupling tensors), a linear, and
+per-layer readouts (the last one nonlinear on scalars). The e3nn twin computes the product basis
+with the dense coupling tensors (``fastcg.reference.symmetric_contraction_dense``).
 """
 
 import torch
 from torch import Tensor
 
 from fastcg.irreps import irreps as to_irreps
+from fastcg.ops.symmetric_contraction import to_channels
 
 from . import FASTCG_LAYERS, AtomisticModel, Layers, conv_instructions, edge_vectors, natural_irreps
 from .radial import MLP, BesselBasis, PolynomialCutoff
-
-
-def uuu_instructions(irreps: str) -> list[tuple]:
-    """Every channel-wise path ``irreps x irreps -> irreps`` (needs equal multiplicities)."""
-    ir = to_irreps(irreps)
-    return [
-        (i, j, k, "uuu", True)
-        for i, (_, a) in enumerate(ir)
-        for j, (_, b) in enumerate(ir)
-        for k, (_, c) in enumerate(ir)
-        if c in a * b
-    ]
-
-
-class ProductBasis(torch.nn.Module):
-    """``sum_k L_k(A^(k))`` with ``A^(1) = A`` and ``A^(k) = TP_k(A^(k-1), A)`` (uuu)."""
-
-    def __init__(self, irreps_a: str, irreps_out: str, correlation: int, layers: Layers) -> None:
-        super().__init__()
-        ins = uuu_instructions(irreps_a)
-        self.products = torch.nn.ModuleList(
-            [layers.TensorProduct(irreps_a, irreps_a, irreps_a, ins, internal_weights=True,
-                                  shared_weights=True) for _ in range(correlation - 1)]
-        )  # fmt: skip
-        self.first = layers.Linear(irreps_a, irreps_out)
-        self.linears = torch.nn.ModuleList(
-            [layers.Linear(irreps_a, irreps_out) for _ in range(correlation - 1)]
-        )
-
-    def forward(self, a: Tensor) -> Tensor:
-        out = self.first(a)
-        p = a
-        for tp, linear in zip(self.products, self.linears):
-            p = tp(p, a)
-            out = out + linear(p)
-        return out
 
 
 class MACEInteraction(torch.nn.Module):
     """One residual interaction plus its product basis: ``h -> Linear(B(A)) + skip(h, species)``."""
 
     avg_num_neighbors: float
+    num_channels: int
 
     def __init__(
         self, irreps_in: str, irreps_sh: str, irreps_a: str, irreps_out: str, num_bessel: int,
@@ -78,7 +40,13 @@ class MACEInteraction(torch.nn.Module):
         self.skip_tp = layers.FullyConnectedTensorProduct(
             irreps_in, f"{num_species}x0e", irreps_out
         )
-        self.product = ProductBasis(irreps_a, irreps_out, correlation, layers)
+        self.num_channels = to_irreps(irreps_a).count((0, 1))
+        # mul_ir [N, C * D] -> MACE's [N, C, D] (each channel's irreps together), scriptable
+        index = to_channels(torch.arange(to_irreps(irreps_a).dim)[None], irreps_a,
+                            self.num_channels)  # fmt: skip
+        self.register_buffer("_channel_major", index.reshape(-1), persistent=False)
+        self.product = layers.SymmetricContraction(irreps_a, irreps_out, correlation,
+                                                   num_elements=num_species)  # fmt: skip
         self.linear_out = layers.Linear(irreps_out, irreps_out)
 
     def forward(
@@ -89,7 +57,9 @@ class MACEInteraction(torch.nn.Module):
         w = self.radial(radial) * envelope  # zero at the cutoff: smooth energy
         m = self.conv(self.linear_up(h), sh, w, src, dst, h.shape[0])
         a = self.linear(m) / self.avg_num_neighbors
-        return self.linear_out(self.product(a)) + sc
+        x = a.index_select(1, self._channel_major).view(a.shape[0], self.num_channels, -1)
+        b = self.product(x, attrs)
+        return self.linear_out(b) + sc
 
 
 class NonLinearReadout(torch.nn.Module):
