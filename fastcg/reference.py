@@ -172,17 +172,26 @@ def symmetric_contraction_dense(
     ``out[n, c, m] = sum_nu sum_k W[s_n, off + k, c] sum_j U_nu[m, j_1..j_nu, k] x[n, c, j_1]..``.
 
     ``couplings[o][nu - 1]`` is ``U`` ``[2l+1, D, .., D, K]`` of output irrep o,
-    ``offsets[o][nu - 1]`` its first weight row; returns ``[N, C * dim_out]`` (mul_ir).
+    ``offsets[o][nu - 1]`` its first weight row; returns ``[N, C * dim_out]`` (mul_ir). U is
+    contracted with each species' weights first, then with x one index at a time, node by
+    species group (memory ``O(N C (2l+1) D^(nu-1))``).
     """
-    w = weights.index_select(0, species)  # [N, numel, C]
+    n, c = x.shape[0], x.shape[1]
     outs = []
     for u_o, off_o in zip(couplings, offsets):
-        acc = None
-        for nu, (u, off) in enumerate(zip(u_o, off_o), start=1):
-            t = torch.einsum("ncj,m...jk->ncm...k", x, u.to(x.dtype))
-            for _ in range(nu - 1):
-                t = torch.einsum("ncj,ncm...jk->ncm...k", x, t)
-            term = torch.einsum("ncmk,nkc->ncm", t, w[:, off : off + u.shape[-1]])
-            acc = term if acc is None else acc + term
-        outs.append(acc.flatten(1))
+        out = x.new_zeros(n, c, u_o[0].shape[0])
+        for u, off in zip(u_o, off_o):
+            nu = u.dim() - 2
+            w = weights[:, off : off + u.shape[-1]]
+            uw = torch.einsum("m...k,skc->scm...", u.to(x.dtype), w)
+            for s in range(weights.shape[0]):
+                rows = (species == s).nonzero().flatten()
+                if rows.numel() == 0:
+                    continue
+                xs = x.index_select(0, rows)
+                t = torch.einsum("ncj,cm...j->ncm...", xs, uw[s])
+                for _ in range(nu - 1):
+                    t = torch.einsum("ncj,ncm...j->ncm...", xs, t)
+                out = out.index_add(0, rows, t)
+        outs.append(out.flatten(1))
     return torch.cat(outs, dim=1)
