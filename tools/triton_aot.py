@@ -15,6 +15,7 @@ spills 8 bytes in one uvu weight-gradient configuration at 64 registers, which L
 
     python tools/triton_aot.py            # all problems, both targets, prints a table
     python tools/triton_aot.py --quick    # one small problem, sm_80 (what CI runs)
+    python tools/triton_aot.py --only _sc_ --float64   # only kernels whose name has "_sc_"
 """
 
 from __future__ import annotations
@@ -206,19 +207,22 @@ def main() -> int:
     ap.add_argument("--arch", type=int, nargs="*", default=None, help="compute capabilities")
     ap.add_argument("--max-spill", type=int, default=64, help="allowed spill bytes per kernel")
     ap.add_argument("--float64", action="store_true", help="also compile the float64 variants")
+    ap.add_argument("--only", default="", help="compile only kernels whose name contains this")
     args = ap.parse_args()
     archs = args.arch or ([80] if args.quick else [80, 90])
     dtypes = [torch.float32] + ([torch.float64] if args.float64 else [])
-    configs = record(args.quick, dtypes)
+    configs = {k: v for k, v in record(args.quick, dtypes).items() if args.only in k[0]}
     failures = 0
-    print(f"{'kernel':<22} {'constexprs':<58} {'sm':>3} {'smem B':>7} {'regs':>4} {'spill':>5}")
+    print(f"{'kernel':<22} {'dtype':<5} {'constexprs':<58} {'sm':>3} {'smem B':>7} {'regs':>4} "
+          f"{'spill':>5}")  # fmt: skip
     for (name, _, consts), (fn, sig, cx) in sorted(configs.items(), key=lambda kv: str(kv[0])):
         for arch in archs:
             r = compile_one(fn, sig, cx, arch)
             bad = r["shared"] > SMEM_LIMIT[arch] or r["spill"] > args.max_spill
             failures += bad
             short = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in consts)
-            print(f"{name:<22} {short[:58]:<58} {arch:>3} {r['shared']:>7} {r['regs']:>4} "
+            dt = sig[fn.arg_names[0]].lstrip("*")  # the first argument's element type
+            print(f"{name:<22} {dt:<5} {short[:58]:<58} {arch:>3} {r['shared']:>7} {r['regs']:>4} "
                   f"{r['spill']:>5}{'  FAIL' if bad else ''}", flush=True)  # fmt: skip
     print(f"{len(configs)} configurations x {len(archs)} targets, {failures} over the limits")
     return 1 if failures else 0

@@ -323,10 +323,11 @@ def rows_blocks(channels: int) -> tuple[int, int, int]:
 
 def wgrad_blocks(channels: int, num_terms: int, num_nodes: int) -> tuple[int, int, int]:
     """(BT, BC, nodes per chunk) of the weight-gradient kernel: chunks of at least 64 nodes, at
-    most ~64 chunks (their partial sums are [chunks, T, C])."""
+    most ~64 chunks (their partial sums are [chunks, T, C]). [16, 32] tiles: at [32, 32] ptxas
+    used 128-182 registers (tools/triton_aot.py, MACE's product basis)."""
     if interpreting():
         return min(_pow2(num_terms), 128), min(_pow2(channels), 64), max(64, num_nodes)
-    return 32, min(_pow2(channels), 32), max(64, triton.cdiv(num_nodes, 64))
+    return 16, min(_pow2(channels), 32), max(64, triton.cdiv(num_nodes, 64))
 
 
 @dataclass(frozen=True)
