@@ -355,10 +355,10 @@ def check_species(species: Tensor, num_species: int) -> Tensor:
 def node_chunks(species: Tensor, num_species: int, size: int) -> Nodes:
     """Species-pure chunks computed on the device (grid size from N and S only: no sync)."""
     n, dev = species.numel(), species.device
-    _, perm = torch.sort(species, stable=True)
-    counts = torch.bincount(species, minlength=num_species)[:num_species]
-    seg = torch.zeros(num_species + 1, dtype=torch.int64, device=dev)
-    seg[1:] = torch.cumsum(counts, 0)
+    keys, perm = torch.sort(species, stable=True)
+    # segment bounds by searchsorted (bincount is refused under deterministic algorithms)
+    seg = torch.searchsorted(keys, torch.arange(num_species + 1, device=dev, dtype=keys.dtype))
+    counts = seg[1:] - seg[:-1]
     per = (counts + size - 1) // size
     last = torch.cumsum(per, 0)
     nq = triton.cdiv(n, size) + num_species  # upper bound; exact on CPU (the interpreter)

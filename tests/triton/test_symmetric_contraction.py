@@ -96,8 +96,9 @@ def test_half_inputs_accumulate_in_float32(triton_backend, dtype):
 
 
 def test_channel_blocks_and_empty(triton_backend):
-    """More channels than one block, more nodes than one chunk, zero nodes."""
-    d, x, species, w = _inputs("l1-corr2", 70, 67, 2)
+    """More channels than one block, more nodes than one chunk, an absent species, no nodes."""
+    d, x, species, w = _inputs("l1-corr2", 70, 67, 3)
+    species = torch.randint(0, 2, (70,)) * 2  # species 1 has no nodes: zero weight gradient
     cot = torch.randn(70, 67 * d.dim_out, dtype=torch.float64)
     fn = lambda x, w: symmetric_contraction(x, species, w, d)  # noqa: E731
     out = fn(x, w)
@@ -133,5 +134,7 @@ def test_opcheck(triton_backend):
     torch.library.opcheck(ops.symmetric_contraction, (x, species, w, *tables))
     g = torch.randn(3, 2 * d.dim_out, dtype=torch.float64)
     args = (g, x, species, w, *tables, [True, True])
-    torch.library.opcheck(ops.symmetric_contraction_backward, args,
+    torch.library.opcheck(ops.symmetric_contraction_backward, args)
+    args = (g, x, species, w, torch.randn_like(x), torch.randn_like(w), *tables, [True] * 3)
+    torch.library.opcheck(ops.symmetric_contraction_double_backward, args,
                           test_utils=("test_schema", "test_faketensor"))  # fmt: skip
