@@ -273,6 +273,20 @@ def sc_cost(p: SCProblem, d, s: int = 4) -> tuple[float, float]:
     return nb, float(p.num_nodes * p.channels * per_node)
 
 
+def print_sc_model(probs: list[SCProblem], peak=PEAKS["H100"]) -> None:
+    """Symmetric contraction forward: bytes, FLOPs and the H100 time they imply."""
+    from fastcg.ops.symmetric_contraction import symmetric_contraction_descriptor
+
+    print(f"{'problem':<20} {'pass':<5} {'MB':>9} {'GFLOP':>8} {'B/node':>8} {'FLOP/node':>10} "
+          f"{'H100 ms':>8}")  # fmt: skip
+    for p in probs:
+        b, f = sc_cost(p, symmetric_contraction_descriptor(p.irreps_in, p.irreps_out,
+                                                           p.correlation))  # fmt: skip
+        ms = max(b / (peak[0] * 1e12), f / (peak[1] * 1e12)) * 1e3
+        print(f"{p.name:<20} {'fwd':<5} {b / 1e6:>9.1f} {f / 1e9:>8.2f} "
+              f"{b / p.num_nodes:>8.0f} {f / p.num_nodes:>10.0f} {ms:>8.3f}")  # fmt: skip
+
+
 def bench_sc(probs: list[SCProblem], smoke: bool) -> None:
     device = "cpu" if smoke else "cuda"
     peak = None if smoke else _peak()
@@ -332,6 +346,7 @@ def main() -> int:
     probs = problems(args.smoke)
     if args.model:
         print_model(probs)
+        print_sc_model(sc_problems(args.smoke))
         return 0
     if args.smoke and os.environ.get("TRITON_INTERPRET", "0") != "1":
         sys.exit("--smoke runs the Triton interpreter: set TRITON_INTERPRET=1")
