@@ -72,7 +72,7 @@ def _sc_rows_kernel(
     tr = (t + node[:, None] * D * C + cs[None, :])[None, :, :]
     gr = (g + node[:, None] * DOUT * C + cs[None, :])[None, :, :]
     ar = a + s * P_A * C + cs[None, :]
-    for r in range(num_rows):
+    for r in range(tl.where(end > start, num_rows, 0)):  # the grid's spare chunks are empty
         lo = tl.load(rows + ROW_COLS * r)
         hi = tl.load(rows + ROW_COLS * r + 1)
         acc = tl.zeros([BN, BC], dtype=ACC)
@@ -352,8 +352,9 @@ def check_species(species: Tensor, num_species: int) -> Tensor:
     return species.clamp(0, max(num_species - 1, 0))
 
 
-def node_chunks(species: Tensor, num_species: int, size: int) -> Nodes:
-    """Species-pure chunks computed on the device (grid size from N and S only: no sync)."""
+def node_chunks(species: Tensor, num_species: int, size: int, exact: bool | None = None) -> Nodes:
+    """Species-pure chunks computed on the device: the grid size comes from N and S only (no
+    sync), the spare chunks are empty. ``exact`` (default: on CPU) counts them on the host."""
     n, dev = species.numel(), species.device
     keys, perm = torch.sort(species, stable=True)
     # segment bounds by searchsorted (bincount is refused under deterministic algorithms)
@@ -361,8 +362,8 @@ def node_chunks(species: Tensor, num_species: int, size: int) -> Nodes:
     counts = seg[1:] - seg[:-1]
     per = (counts + size - 1) // size
     last = torch.cumsum(per, 0)
-    nq = triton.cdiv(n, size) + num_species  # upper bound; exact on CPU (the interpreter)
-    if dev.type == "cpu":
+    nq = triton.cdiv(n, size) + num_species  # an upper bound
+    if exact if exact is not None else dev.type == "cpu":
         nq = int(last[-1]) if num_species > 0 else 0
     q = torch.arange(nq, device=dev)
     sp = torch.searchsorted(last, q, right=True)

@@ -116,6 +116,18 @@ def test_channel_blocks_and_empty(triton_backend):
     assert gx.shape == x0.shape and not gw.any()
 
 
+def test_spare_chunks(triton_backend, monkeypatch):
+    """On a GPU the grid has cdiv(N, BN) + S node chunks, the spare ones empty (no host sync)."""
+    from fastcg.triton import symmetric_contraction as tsc
+
+    chunks = tsc.node_chunks
+    monkeypatch.setattr(tsc, "node_chunks", lambda *a: chunks(*a, exact=False))
+    d, x, species, w = _inputs("l1-corr2", 9, 3, 4)
+    assert tsc.node_chunks(species, 4, 64).chunks.shape[0] == 5
+    fn = lambda x, w: symmetric_contraction(x, species, w, d)  # noqa: E731
+    assert_double_backward(fn, (x, w))
+
+
 def test_direct_op_checks_species(triton_backend):
     """The ops check species at the boundary; a direct call on CPU tensors checks it too."""
     d, x, species, w = _inputs("l1-corr2", 4, 2, 2)
