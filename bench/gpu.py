@@ -3,11 +3,16 @@
 For each problem of bench/problems.py (MACE-like fallbacks until it exists): the fused conv
 (gather + TP + scatter) forward and forward+backward, timed with ``triton.testing.do_bench``;
 prints ms, speed-up over e3nn, achieved TB/s and TFLOP/s (from the cost model below) and their
-fraction of the GPU's peak. Libraries that are not installed are skipped.
+fraction of the GPU's peak. Libraries that are not installed are skipped. Then MACE's product
+basis (symmetric contraction, 128 channels of 0e..3o -> 0e+1o, correlation 3, 1 and 10
+elements): fastcg vs mace-torch (when installed), speed-up over mace-torch.
 
     python bench/gpu.py                 # needs a CUDA GPU
     python bench/gpu.py --model         # cost model only (bytes, FLOPs, implied H100 time)
     TRITON_INTERPRET=1 python bench/gpu.py --smoke   # CI: tiny run through the interpreter
+
+Symmetric contraction cost model: s * N * C * (D + dim_out) + s * S * K * C bytes (x, out,
+weights); FLOPs N * C * sum over pairs of (monomial degree + 1), times 3 for forward+backward.
 
 Cost model (float32, s = 4 bytes, per edge unless said): conv forward moves
 s * (dim1 + dim2 + numel + dim_out) + 16 bytes (x[src] row, edge attribute, per-edge weights,
@@ -213,6 +218,115 @@ def bench(probs: list[Problem], smoke: bool) -> None:
                       f"{tfs:>8.2f} {pct:>6.1f}", flush=True)  # fmt: skip
 
 
+@dataclass
+class SCProblem:
+    name: str
+    channels: int
+    lmax: int
+    correlation: int
+    elements: int
+    num_nodes: int
+
+    @property
+    def irreps_in(self) -> str:
+        return "+".join(f"{self.channels}x{l}{'eo'[l % 2]}" for l in range(self.lmax + 1))
+
+    @property
+    def irreps_out(self) -> str:
+        return f"{self.channels}x0e+{self.channels}x1o"
+
+
+def sc_problems(smoke: bool) -> list[SCProblem]:
+    if smoke:
+        return [SCProblem("sc-smoke", 4, 1, 2, 2, 6)]
+    return [SCProblem(f"mace-sc-{e}el", 128, 3, 3, e, 5000) for e in (1, 10)]
+
+
+def sc_modules(p: SCProblem, device, dtype) -> dict:
+    """name -> module(x, y): fastcg's twin of mace-torch's module when mace is installed."""
+    from fastcg.nn.symmetric_contraction import SymmetricContraction
+
+    torch.manual_seed(0)
+    try:
+        from mace.modules.symmetric_contraction import SymmetricContraction as MaceSC
+
+        from fastcg.irreps import o3
+
+        mace = MaceSC(o3().Irreps(p.irreps_in), o3().Irreps(p.irreps_out), p.correlation,
+                      num_elements=p.elements).to(device, dtype)  # fmt: skip
+        return {"mace-torch": mace, "fastcg": SymmetricContraction.from_mace(mace)}
+    except ImportError:
+        ours = SymmetricContraction(p.irreps_in, p.irreps_out, p.correlation,
+                                    num_elements=p.elements)  # fmt: skip
+        return {"fastcg": ours.to(device, dtype)}
+
+
+def sc_cost(p: SCProblem, d, s: int = 4) -> tuple[float, float]:
+    """(bytes, FLOPs) of one forward (see the module docstring)."""
+    mono, pairs = d.tensors()[:2]
+    deg = [0] * mono.shape[0]
+    for n, (parent, _) in enumerate(mono.tolist()):
+        deg[n] = 1 + (deg[parent] if parent >= 0 else 0)
+    per_node = sum(deg[n] + 1 for _, n in pairs.tolist())
+    nb = s * (p.num_nodes * p.channels * (d.dim_in + d.dim_out)
+              + p.elements * d.weight_numel * p.channels)  # fmt: skip
+    return nb, float(p.num_nodes * p.channels * per_node)
+
+
+def print_sc_model(probs: list[SCProblem], peak=PEAKS["H100"]) -> None:
+    """Symmetric contraction forward: bytes, FLOPs and the H100 time they imply."""
+    from fastcg.ops.symmetric_contraction import symmetric_contraction_descriptor
+
+    print(f"{'problem':<20} {'pass':<5} {'MB':>9} {'GFLOP':>8} {'B/node':>8} {'FLOP/node':>10} "
+          f"{'H100 ms':>8}")  # fmt: skip
+    for p in probs:
+        b, f = sc_cost(p, symmetric_contraction_descriptor(p.irreps_in, p.irreps_out,
+                                                           p.correlation))  # fmt: skip
+        ms = max(b / (peak[0] * 1e12), f / (peak[1] * 1e12)) * 1e3
+        print(f"{p.name:<20} {'fwd':<5} {b / 1e6:>9.1f} {f / 1e9:>8.2f} "
+              f"{b / p.num_nodes:>8.0f} {f / p.num_nodes:>10.0f} {ms:>8.3f}")  # fmt: skip
+
+
+def bench_sc(probs: list[SCProblem], smoke: bool) -> None:
+    device = "cpu" if smoke else "cuda"
+    peak = None if smoke else _peak()
+    for p in probs:
+        mods = sc_modules(p, device, torch.float32)
+        d = mods["fastcg"].descriptor
+        b, f = sc_cost(p, d)
+        x = torch.randn(p.num_nodes, p.channels, d.dim_in, device=device)
+        y = torch.nn.functional.one_hot(torch.arange(p.num_nodes) % p.elements, p.elements)
+        y = y.to(device, torch.float32)
+        if "mace-torch" in mods:  # same numbers before timing
+            with fastcg.use_backend("triton"), torch.no_grad():
+                err = (mods["fastcg"](x, y) - mods["mace-torch"](x, y)).abs().max().item()
+            print(f"{p.name:<20} fastcg vs mace-torch: max |diff| {err:.1e}")
+        base = {}
+        for lib, mod in mods.items():
+            for kind in ("fwd", "fwd+bwd"):
+
+                def step(mod=mod, kind=kind, x=x, y=y):
+                    xr = x.detach().requires_grad_(kind != "fwd")
+                    out = mod(xr, y)
+                    if kind != "fwd":
+                        torch.autograd.grad(out.sum(), [xr, *mod.parameters()])
+
+                try:
+                    with fastcg.use_backend("triton"):
+                        ms = _time(step, smoke)
+                except Exception as e:  # noqa: BLE001  (report, keep benchmarking the others)
+                    print(f"{p.name:<20} {lib:<17} {kind:<8} failed: {type(e).__name__}: {e}")
+                    continue
+                k = 1 if kind == "fwd" else 3
+                tbs, tfs = k * b / ms / 1e9, k * f / ms / 1e9
+                if lib == "mace-torch":
+                    base[kind] = ms
+                speed = base.get(kind, float("nan")) / ms
+                pct = 100 * max(tbs / peak[0], tfs / peak[1]) if peak else float("nan")
+                print(f"{p.name:<20} {lib:<17} {kind:<8} {ms:>9.3f} {speed:>7.2f} {tbs:>6.2f} "
+                      f"{tfs:>8.2f} {pct:>6.1f}", flush=True)  # fmt: skip
+
+
 def _time(step, smoke: bool) -> float:
     if smoke:  # the interpreter: one warm call and one timed call are enough to prove it runs
         step()
@@ -232,6 +346,7 @@ def main() -> int:
     probs = problems(args.smoke)
     if args.model:
         print_model(probs)
+        print_sc_model(sc_problems(args.smoke))
         return 0
     if args.smoke and os.environ.get("TRITON_INTERPRET", "0") != "1":
         sys.exit("--smoke runs the Triton interpreter: set TRITON_INTERPRET=1")
@@ -240,6 +355,8 @@ def main() -> int:
     import fastcg.triton  # noqa: F401  (registers fastcg_triton)
 
     bench(probs, args.smoke)
+    print("symmetric contraction ('x e3nn' column: speed-up over mace-torch)")
+    bench_sc(sc_problems(args.smoke), args.smoke)
     return 0
 
 

@@ -2,8 +2,9 @@
 
 The launchers run on tiny CPU tensors with the kernels swapped for recorders, so the recorded
 constexpr sets are exactly what the dispatcher would launch for each benchmark problem (conv
-forward atomic and CSR-segment, its three gradients, the tensor product, linear, scatter and
-spherical harmonics). Each unique set is compiled with ``triton.compile`` for an explicit
+forward atomic and CSR-segment, its three gradients, the tensor product, linear, scatter,
+spherical harmonics and the symmetric contraction of MACE's product basis with all three
+autograd orders). Each unique set is compiled with ``triton.compile`` for an explicit
 ``GPUTarget``; shared memory comes from the compiled metadata, registers and spills from
 ``ptxas -v`` on the PTX.
 
@@ -14,6 +15,7 @@ spills 8 bytes in one uvu weight-gradient configuration at 64 registers, which L
 
     python tools/triton_aot.py            # all problems, both targets, prints a table
     python tools/triton_aot.py --quick    # one small problem, sm_80 (what CI runs)
+    python tools/triton_aot.py --only _sc_ --float64   # only kernels whose name has "_sc_"
 """
 
 from __future__ import annotations
@@ -38,18 +40,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fastcg  # noqa: E402
+from fastcg.ops.symmetric_contraction import symmetric_contraction_descriptor  # noqa: E402
 from fastcg.triton import conv as tconv  # noqa: E402
 from fastcg.triton import linear as tlin  # noqa: E402
 from fastcg.triton import scatter as tsc  # noqa: E402
 from fastcg.triton import spherical_harmonics as tsh  # noqa: E402
+from fastcg.triton import symmetric_contraction as tsym  # noqa: E402
 from fastcg.triton import tensor_product as ttp  # noqa: E402
 
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 KERNELS = {
     (ttp, "_tp_kernel"), (ttp, "_tp_wgrad_kernel"), (tlin, "_linear_kernel"),
     (tlin, "_linear_wgrad_kernel"), (tsc, "_scatter_kernel"), (tsh, "_sh_fwd_kernel"),
-    (tsh, "_sh_bwd_kernel"), (tsh, "_sh_dbl_kernel"),
+    (tsh, "_sh_bwd_kernel"), (tsh, "_sh_dbl_kernel"), (tsym, "_sc_rows_kernel"),
+    (tsym, "_sc_wgrad_kernel"),
 }  # fmt: skip
+# MACE's product basis (channels, lmax of the input, correlation, elements): 128x(0e..3o) ->
+# 128x0e+128x1o at correlation 3, 10 elements; --quick compiles a small one.
+SC_PROBLEM = (128, 3, 3, 10)
+SC_QUICK = (16, 1, 2, 2)
 _DTYPE = {torch.float32: "fp32", torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32",
           torch.bfloat16: "bf16", torch.float16: "fp16"}  # fmt: skip
 
@@ -112,6 +121,8 @@ def record(quick: bool, dtypes) -> dict:
         for _, d, lmax in problems(quick):
             for dt in dtypes:
                 _exercise(d, lmax, dt)
+        for dt in dtypes:
+            _exercise_sc(*(SC_QUICK if quick else SC_PROBLEM), dt)
     finally:
         for (mod, name), fn in saved.items():
             setattr(mod, name, fn)
@@ -147,6 +158,23 @@ def _exercise(d: fastcg.TPDescriptor, lmax: int, dt: torch.dtype) -> None:
                                                 lmax, normalize, "component")  # fmt: skip
 
 
+def _exercise_sc(channels: int, lmax: int, corr: int, elements: int, dt: torch.dtype) -> None:
+    """Symmetric contraction forward, backward and double backward (every cotangent subset)."""
+    irreps_in = "+".join(f"{channels}x{l}{'eo'[l % 2]}" for l in range(lmax + 1))
+    d = symmetric_contraction_descriptor(irreps_in, f"{channels}x0e+{channels}x1o", corr)
+    n = 4
+    x = torch.randn(n, channels, d.dim_in, dtype=dt)
+    species = torch.arange(n) % elements
+    w = torch.randn(elements, d.weight_numel, channels, dtype=dt)
+    g = torch.randn(n, channels * d.dim_out, dtype=dt)
+    tables = d.tensors()
+    tsym.symmetric_contraction(x, species, w, *tables)
+    tsym.symmetric_contraction_backward(g, x, species, w, *tables, [True, True])
+    for ggx, ggw in ((x, w), (x, None), (None, w)):
+        tsym.symmetric_contraction_double_backward(g, x, species, w, ggx, ggw, *tables,
+                                                   [True, True, True])  # fmt: skip
+
+
 def _ptxas() -> str:
     for p in (Path(triton.__file__).parent / "backends/nvidia/bin/ptxas",
               Path("/usr/local/cuda/bin/ptxas")):  # fmt: skip
@@ -179,19 +207,22 @@ def main() -> int:
     ap.add_argument("--arch", type=int, nargs="*", default=None, help="compute capabilities")
     ap.add_argument("--max-spill", type=int, default=64, help="allowed spill bytes per kernel")
     ap.add_argument("--float64", action="store_true", help="also compile the float64 variants")
+    ap.add_argument("--only", default="", help="compile only kernels whose name contains this")
     args = ap.parse_args()
     archs = args.arch or ([80] if args.quick else [80, 90])
     dtypes = [torch.float32] + ([torch.float64] if args.float64 else [])
-    configs = record(args.quick, dtypes)
+    configs = {k: v for k, v in record(args.quick, dtypes).items() if args.only in k[0]}
     failures = 0
-    print(f"{'kernel':<22} {'constexprs':<58} {'sm':>3} {'smem B':>7} {'regs':>4} {'spill':>5}")
+    print(f"{'kernel':<22} {'dtype':<5} {'constexprs':<58} {'sm':>3} {'smem B':>7} {'regs':>4} "
+          f"{'spill':>5}")  # fmt: skip
     for (name, _, consts), (fn, sig, cx) in sorted(configs.items(), key=lambda kv: str(kv[0])):
         for arch in archs:
             r = compile_one(fn, sig, cx, arch)
             bad = r["shared"] > SMEM_LIMIT[arch] or r["spill"] > args.max_spill
             failures += bad
             short = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in consts)
-            print(f"{name:<22} {short[:58]:<58} {arch:>3} {r['shared']:>7} {r['regs']:>4} "
+            dt = sig[fn.arg_names[0]].lstrip("*")  # the first argument's element type
+            print(f"{name:<22} {dt:<5} {short[:58]:<58} {arch:>3} {r['shared']:>7} {r['regs']:>4} "
                   f"{r['spill']:>5}{'  FAIL' if bad else ''}", flush=True)  # fmt: skip
     print(f"{len(configs)} configurations x {len(archs)} targets, {failures} over the limits")
     return 1 if failures else 0

@@ -246,7 +246,7 @@ def _other(ns: str, *args: Tensor) -> Tensor:
         if ns == "reference"
         else getattr(getattr(torch.ops, ns), "symmetric_contraction", None)
     )
-    if op is None:  # the reference, or a backend without this op (Triton: not written yet)
+    if op is None:  # the reference, or a backend without this op
         return reference.symmetric_contraction_tables(*args)
     return op(*args)
 

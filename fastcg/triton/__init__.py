@@ -20,7 +20,7 @@ import triton  # noqa: F401  (ImportError here: fastcg.backend treats Triton as 
 
 import fastcg  # noqa: F401  (loads fastcg._C: the schemas come from torch.ops.fastcg)
 
-from . import conv, linear, scatter, spherical_harmonics, tensor_product
+from . import conv, linear, scatter, spherical_harmonics, symmetric_contraction, tensor_product
 
 NAMESPACE = "fastcg_triton"
 
@@ -35,6 +35,11 @@ KERNELS: dict[str, Callable] = {
     "scatter_sum": scatter.scatter_sum,
     "linear": linear.linear,
     "linear_backward": linear.linear_backward,
+    "symmetric_contraction": symmetric_contraction.symmetric_contraction,
+    "symmetric_contraction_backward": symmetric_contraction.symmetric_contraction_backward,
+    "symmetric_contraction_double_backward": (
+        symmetric_contraction.symmetric_contraction_double_backward
+    ),
 }
 
 
@@ -65,7 +70,9 @@ for _name, _fn in KERNELS.items():
     _lib.impl(_name, _on_cpu(_name, _fn), "CPU")
 
 # fastcg.ops re-exports functions under the module names, hence import_module
-for _stem in ("tensor_product", "conv", "scatter", "linear", "spherical_harmonics"):
+_STEMS = ("tensor_product", "conv", "scatter", "linear", "spherical_harmonics",
+          "symmetric_contraction")  # fmt: skip
+for _stem in _STEMS:
     importlib.import_module(f"fastcg.ops.{_stem}").register(NAMESPACE)
 
 __all__ = ["KERNELS", "NAMESPACE"]
