@@ -358,7 +358,7 @@ def node_chunks(species: Tensor, num_species: int, size: int, exact: bool | None
     sync), the spare chunks are empty. ``exact`` (default: on CPU) counts them on the host."""
     n, dev = species.numel(), species.device
     keys, perm = torch.sort(species, stable=True)
-    # segment bounds by searchsorted (bincount is refused under deterministic algorithms)
+    # segment bounds by searchsorted of the sorted keys, as fastcg/triton/linear.py does
     seg = torch.searchsorted(keys, torch.arange(num_species + 1, device=dev, dtype=keys.dtype))
     counts = seg[1:] - seg[:-1]
     per = (counts + size - 1) // size
