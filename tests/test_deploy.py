@@ -10,11 +10,12 @@ import warnings
 import pytest
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastcg
 import fastcg.nn as fnn
 from fastcg.models import conv_instructions
-from fastcg.ops import scatter_sum
+from fastcg.ops import scatter_sum, symmetric_contraction, symmetric_contraction_descriptor
 
 FORWARD_OPS = ("spherical_harmonics", "tensor_product", "conv", "scatter_sum", "linear",
                "symmetric_contraction")  # fmt: skip
@@ -143,3 +144,63 @@ def test_scripted_potential_energy_and_forces_without_python_package(tmp_path):
     assert energy_error == 0.0
     assert forces_error <= 1e-12
     assert second_order.startswith("fastcg: second derivatives need the autograd of fastcg::")
+
+
+class _BackwardMasks(TorchDispatchMode):
+    """Records the output_mask each ``fastcg::*_backward`` op is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks: dict[str, list[bool]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name.startswith("fastcg::") and name.endswith("_backward"):
+            self.masks[name.split("::")[1]] = list(args[-1])
+        return func(*args, **(kwargs or {}))
+
+
+def _case(name: str):
+    """(function of the differentiable inputs, those inputs, the backward op's name)."""
+    gen = torch.Generator().manual_seed(1)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    ins = [(0, 0, 0, "uvw", True), (0, 1, 1, "uvw", True), (1, 1, 0, "uvw", True),
+           (1, 0, 1, "uvw", True), (1, 2, 1, "uvw", True)]  # fmt: skip
+    tp = fastcg.tensor_product_descriptor("2x0e+1x1o", SH, "2x0e+2x1o", ins)
+    lin = fastcg.linear_descriptor("2x0e+1x1o", "1x0e+2x1o")
+    sc = symmetric_contraction_descriptor("0e+1o", "0e+1o", 2)
+    src, dst = torch.tensor([0, 1, 3, 2, 0]), torch.tensor([1, 1, 0, 2, 3])
+    species = torch.tensor([0, 2, 1, 1])
+    tp_inputs = (rand(5, 5), rand(5, 9), rand(5, tp.weight_numel))
+    return {
+        "tensor_product": (lambda *a: fastcg.tensor_product(*a, tp), tp_inputs, "tensor_product"),
+        "conv": (lambda x, y, w: fastcg.conv(x, y, w, src, dst, 4, tp), tp_inputs, "conv"),
+        "linear": (lambda x, w: fastcg.linear(x, w, lin), (rand(4, 5), rand(lin.weight_numel)),
+                   "linear"),
+        "linear_species": (lambda x, w: fastcg.linear(x, w, lin, species),
+                           (rand(4, 5), rand(3, lin.weight_numel)), "linear"),
+        "symmetric_contraction": (lambda x, w: symmetric_contraction(x, species, w, sc),
+                                  (rand(4, 2, 4), rand(3, sc.weight_numel, 2)),
+                                  "symmetric_contraction"),
+    }[name]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["tensor_product", "conv", "linear", "linear_species",
+                                  "symmetric_contraction"])  # fmt: skip
+def test_cpp_backward_masks_follow_needs_input_grad(case):
+    """The C++ autograd asks the backward op for exactly the gradients autograd needs, and
+    they equal the reference's."""
+    fn, inputs, op = _case(case)
+    for i in range(len(inputs)):
+        args = [t.clone().requires_grad_(j == i) for j, t in enumerate(inputs)]
+        with _BackwardMasks() as calls:
+            out = fn(*args)
+            (grad,) = torch.autograd.grad(out.pow(2).sum(), args[i])
+        assert calls.masks == {f"{op}_backward": [j == i for j in range(len(inputs))]}
+        with fastcg.use_backend("reference"):
+            ref = [t.clone().requires_grad_(j == i) for j, t in enumerate(inputs)]
+            (expected,) = torch.autograd.grad(fn(*ref).pow(2).sum(), ref[i])
+        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-10)
