@@ -1,5 +1,6 @@
-// Every fastcg op schema, nothing else. Kernels register per device in csrc/cpu and csrc/cuda;
-// Python adds fake (meta) kernels and autograd in fastcg/ops.
+// Every fastcg op schema, nothing else. Kernels register per device in csrc/cpu and csrc/cuda,
+// the forward ops' autograd in csrc/autograd.cpp; Python adds fake (meta) kernels and the
+// backward ops' autograd in fastcg/ops.
 #include <Python.h>
 #include <torch/library.h>
 

@@ -125,7 +125,7 @@ def test_hessian_vector_product_matches_finite_differences(name):
     assert float((hv - fd).abs().max()) < 1e-6 * max(1.0, float(hv.abs().max()))
 
 
-def test_scripted_model_energy_in_a_process_without_fastcg(tmp_path):
+def test_scripted_model_energy_and_forces_in_a_process_without_fastcg(tmp_path):
     model = build("mace")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.script is deprecated
@@ -145,11 +145,8 @@ def test_scripted_model_energy_in_a_process_without_fastcg(tmp_path):
         pos = args[0].clone().requires_grad_(True)
         e = m(pos, *args[1:])
         print("energy_error", float((e - e_ref).abs()))
-        try:
-            (g,) = torch.autograd.grad(e, pos)
-            print("forces_error", float((-g - f_ref).abs().max()))
-        except RuntimeError as err:
-            print("forces_unavailable", str(err).splitlines()[0][:200])
+        (g,) = torch.autograd.grad(e, pos)
+        print("forces_error", float((-g - f_ref).abs().max()))
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path)  # fmt: skip
@@ -157,12 +154,8 @@ def test_scripted_model_energy_in_a_process_without_fastcg(tmp_path):
     print(run.stdout)  # what a Python-free process can do (shown with pytest -s)
     lines = dict(line.split(" ", 1) for line in run.stdout.strip().splitlines())
     assert float(lines["energy_error"]) == 0.0
-    # Forces need the ops' autograd, registered from Python (fastcg.ops): without fastcg
-    # imported, backward through a fastcg op is not available (C++ autograd does not exist yet).
-    if "forces_error" in lines:
-        assert float(lines["forces_error"]) <= 1e-12
-    else:
-        assert "forces_unavailable" in lines
+    # Forces: the forward ops' first-order autograd is registered in C++ (csrc/autograd.cpp).
+    assert float(lines["forces_error"]) <= 1e-12
 
 
 DDP_SCRIPT = """

@@ -6,6 +6,7 @@ from torch import Tensor
 from .. import reference
 from ..backend import namespace
 from ..descriptor import TPDescriptor
+from ._autograd import register_forward_autograd
 from ._checks import check_dims, check_float, check_index, check_last_dim, check_same, check_weights
 from ._trilinear import double_backward, present, weighted_paths
 
@@ -128,7 +129,7 @@ def register(ns: str) -> None:
         grads = double_backward(x, y, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
         return *grads, *([None] * 6)
 
-    torch.library.register_autograd(f"{ns}::conv", backward, setup_context=setup)
+    register_forward_autograd(f"{ns}::conv", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::conv_backward", backward_backward, setup_context=setup_backward
     )

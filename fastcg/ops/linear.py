@@ -6,6 +6,7 @@ from torch import Tensor
 from .. import reference
 from ..backend import namespace
 from ..descriptor import LinearDescriptor
+from ._autograd import register_forward_autograd
 from ._checks import check_float, check_index, check_last_dim, check_same
 
 
@@ -124,7 +125,7 @@ def register(ns: str) -> None:
             d_w = tw if mask[1] else None
         return d_g, d_x, d_w, None, None, None, None
 
-    torch.library.register_autograd(f"{ns}::linear", backward, setup_context=setup)
+    register_forward_autograd(f"{ns}::linear", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::linear_backward", backward_backward, setup_context=setup_backward
     )

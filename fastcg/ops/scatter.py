@@ -5,6 +5,7 @@ from torch import Tensor
 
 from .. import reference
 from ..backend import namespace
+from ._autograd import register_forward_autograd
 from ._checks import check_float, check_index
 
 
@@ -57,7 +58,7 @@ def register(ns: str) -> None:
         (index,) = ctx.saved_tensors
         return grad.index_select(0, index), None, None
 
-    torch.library.register_autograd(f"{ns}::scatter_sum", backward, setup_context=setup)
+    register_forward_autograd(f"{ns}::scatter_sum", backward, setup_context=setup)
 
 
 register("fastcg")

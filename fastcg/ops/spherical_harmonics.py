@@ -5,6 +5,7 @@ from torch import Tensor
 
 from .. import reference
 from ..backend import namespace
+from ._autograd import register_forward_autograd
 from ._checks import check_float, check_last_dim
 
 NORMALIZATIONS = ("component", "norm", "integral")
@@ -91,7 +92,7 @@ def register(ns: str) -> None:
     torch.library.register_autograd(
         f"{ns}::spherical_harmonics_double_backward", no_third_derivative
     )
-    torch.library.register_autograd(f"{ns}::spherical_harmonics", backward, setup_context=setup)
+    register_forward_autograd(f"{ns}::spherical_harmonics", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::spherical_harmonics_backward", backward_backward, setup_context=setup_backward
     )

@@ -25,6 +25,7 @@ from .. import reference
 from ..backend import namespace
 from ..irreps import irreps as to_irreps
 from ..irreps import o3
+from ._autograd import register_forward_autograd
 from ._checks import check_float, check_index, check_same
 
 _ZERO = 1e-12  # symmetrised coefficients below this (relative to max |U|) are rounding residue
@@ -327,7 +328,7 @@ def register(ns: str) -> None:
         return (dg if need[0] else None), (dx if need[1] else None), None, \
             (dw if need[2] else None), *([None] * 6)  # fmt: skip
 
-    torch.library.register_autograd(f"{ns}::symmetric_contraction", backward, setup_context=setup)
+    register_forward_autograd(f"{ns}::symmetric_contraction", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::symmetric_contraction_backward", backward_backward, setup_context=setup_backward
     )

@@ -6,6 +6,7 @@ from torch import Tensor
 from .. import reference
 from ..backend import namespace
 from ..descriptor import TPDescriptor
+from ._autograd import register_forward_autograd
 from ._checks import check_float, check_last_dim, check_same, check_weights
 from ._trilinear import double_backward, present, weighted_paths
 
@@ -125,7 +126,7 @@ def register(ns: str) -> None:
         grads = double_backward(x1, x2, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
         return *grads, None, None, None, None
 
-    torch.library.register_autograd(f"{ns}::tensor_product", backward, setup_context=setup)
+    register_forward_autograd(f"{ns}::tensor_product", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::tensor_product_backward", backward_backward, setup_context=setup_backward
     )

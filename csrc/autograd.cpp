@@ -1,0 +1,246 @@
+// First-order autograd of the forward ops, in C++ so that a process that only loads the library
+// (a TorchScript model in LAMMPS) gets forces. Each backward calls the *_backward op through the
+// dispatcher, mirroring fastcg/ops/*.py; those ops keep their Python-registered autograd, so
+// double backward works wherever the fastcg package is imported.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using Tensor2 = std::tuple<Tensor, Tensor>;
+using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
+
+template <class Sig>
+c10::TypedOperatorHandle<Sig> handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// Runs the op's kernels below autograd (the ops are functional: nothing for ADInplaceOrView).
+template <class Sig, class... Args>
+auto below_autograd(const c10::TypedOperatorHandle<Sig>& op, Args&&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(std::forward<Args>(args)...);
+}
+
+Tensor masked(const Tensor& grad, bool keep) { return keep ? grad : Tensor(); }
+
+// The gradients returned by a backward, padded with undefined ones for the trailing
+// non-differentiable arguments. Without the fastcg Python package the backward op has no
+// autograd and PyTorch's fallback would only warn while giving wrong second derivatives: there,
+// differentiating these gradients raises instead (as torch.autograd.function.once_differentiable).
+template <class Sig>
+variable_list first_order(const c10::TypedOperatorHandle<Sig>& backward_op, variable_list grads,
+                          size_t num_inputs) {
+  if (at::GradMode::is_enabled() &&
+      !backward_op.hasKernelForDispatchKey(c10::DispatchKey::Autograd)) {
+    const auto msg = "fastcg: second derivatives need the autograd of " +
+                     backward_op.operator_name().name +
+                     ", registered by the fastcg Python package (import fastcg); a process that "
+                     "only loads the library has first derivatives only";
+    const auto n = static_cast<int64_t>(grads.size());
+    grads = std::make_shared<torch::autograd::DelayedError>(msg, n)->apply(std::move(grads));
+  }
+  grads.resize(num_inputs);
+  return grads;
+}
+
+struct SphericalHarmonics : torch::autograd::Function<SphericalHarmonics> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& vectors, int64_t lmax,
+                        bool normalize, const std::string& normalization) {
+    static const auto op =
+        handle<Tensor(const Tensor&, int64_t, bool, const std::string&)>(
+            "fastcg::spherical_harmonics");
+    ctx->save_for_backward({vectors});
+    ctx->saved_data["lmax"] = lmax;
+    ctx->saved_data["normalize"] = normalize;
+    ctx->saved_data["normalization"] = normalization;
+    return below_autograd(op, vectors, lmax, normalize, normalization);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        handle<Tensor(const Tensor&, const Tensor&, int64_t, bool, const std::string&)>(
+            "fastcg::spherical_harmonics_backward");
+    const auto saved = ctx->get_saved_variables();
+    const auto gv = op.call(grads[0].contiguous(), saved[0], ctx->saved_data["lmax"].toInt(),
+                            ctx->saved_data["normalize"].toBool(),
+                            ctx->saved_data["normalization"].toStringRef());
+    return first_order(op, {gv}, 4);
+  }
+};
+
+using TPSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                     const Tensor&, int64_t);
+using TPBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                              const Tensor&, const Tensor&, const Tensor&, std::array<bool, 3>);
+
+struct TensorProduct : torch::autograd::Function<TensorProduct> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x1, const Tensor& x2, const Tensor& w,
+                        const Tensor& paths, const Tensor& cg_index, const Tensor& cg_value,
+                        int64_t dim_out) {
+    static const auto op = handle<TPSig>("fastcg::tensor_product");
+    ctx->save_for_backward({x1, x2, w, paths, cg_index, cg_value});
+    return below_autograd(op, x1, x2, w, paths, cg_index, cg_value, dim_out);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = handle<TPBackwardSig>("fastcg::tensor_product_backward");
+    const auto s = ctx->get_saved_variables();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      ctx->needs_input_grad(2)};
+    const auto [g1, g2, gw] = op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5],
+                                      mask);
+    return first_order(op, {masked(g1, mask[0]), masked(g2, mask[1]), masked(gw, mask[2])}, 7);
+  }
+};
+
+using ConvSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                       int64_t, const Tensor&, const Tensor&, const Tensor&, int64_t);
+using ConvBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&, std::array<bool, 3>);
+
+struct Conv : torch::autograd::Function<Conv> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& edge_attr,
+                        const Tensor& w, const Tensor& src, const Tensor& dst, int64_t num_nodes,
+                        const Tensor& paths, const Tensor& cg_index, const Tensor& cg_value,
+                        int64_t dim_out) {
+    static const auto op = handle<ConvSig>("fastcg::conv");
+    ctx->save_for_backward({x, edge_attr, w, src, dst, paths, cg_index, cg_value});
+    return below_autograd(op, x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value,
+                          dim_out);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = handle<ConvBackwardSig>("fastcg::conv_backward");
+    const auto s = ctx->get_saved_variables();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      ctx->needs_input_grad(2)};
+    const auto [gx, gy, gw] =
+        op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], mask);
+    return first_order(op, {masked(gx, mask[0]), masked(gy, mask[1]), masked(gw, mask[2])}, 10);
+  }
+};
+
+struct ScatterSum : torch::autograd::Function<ScatterSum> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& src, const Tensor& index,
+                        int64_t dim_size) {
+    static const auto op =
+        handle<Tensor(const Tensor&, const Tensor&, int64_t)>("fastcg::scatter_sum");
+    ctx->save_for_backward({index});
+    return below_autograd(op, src, index, dim_size);
+  }
+
+  // The transpose of a scatter is a gather; index_select's own autograd (index_add) gives the
+  // double backward.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto index = ctx->get_saved_variables()[0];
+    return {grads[0].index_select(0, index), Tensor(), Tensor()};
+  }
+};
+
+using Species = std::optional<Tensor>;
+using LinearSig = Tensor(const Tensor&, const Tensor&, const Species&, const Tensor&,
+                         const Tensor&, int64_t);
+using LinearBackwardSig = Tensor2(const Tensor&, const Tensor&, const Tensor&, const Species&,
+                                  const Tensor&, const Tensor&, std::array<bool, 2>);
+
+struct Linear : torch::autograd::Function<Linear> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w,
+                        const Species& species, const Tensor& paths, const Tensor& coeff,
+                        int64_t dim_out) {
+    static const auto op = handle<LinearSig>("fastcg::linear");
+    // An undefined saved tensor stands for "no species".
+    ctx->save_for_backward({x, w, paths, coeff, species.value_or(Tensor())});
+    return below_autograd(op, x, w, species, paths, coeff, dim_out);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = handle<LinearBackwardSig>("fastcg::linear_backward");
+    const auto s = ctx->get_saved_variables();
+    const Species species = s[4].defined() ? Species(s[4]) : std::nullopt;
+    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    const auto [gx, gw] = op.call(grads[0].contiguous(), s[0], s[1], species, s[2], s[3], mask);
+    return first_order(op, {masked(gx, mask[0]), masked(gw, mask[1])}, 6);
+  }
+};
+
+using SCSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                     const Tensor&, const Tensor&, const Tensor&);
+using SCBackwardSig = Tensor2(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                              const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                              const Tensor&, std::array<bool, 2>);
+
+struct SymmetricContraction : torch::autograd::Function<SymmetricContraction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& species,
+                        const Tensor& w, const Tensor& monomials, const Tensor& pairs,
+                        const Tensor& entries, const Tensor& coeff, const Tensor& out_cols) {
+    static const auto op = handle<SCSig>("fastcg::symmetric_contraction");
+    ctx->save_for_backward({x, species, w, monomials, pairs, entries, coeff, out_cols});
+    return below_autograd(op, x, species, w, monomials, pairs, entries, coeff, out_cols);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = handle<SCBackwardSig>("fastcg::symmetric_contraction_backward");
+    const auto s = ctx->get_saved_variables();
+    // species (input 1) is an index tensor: x is input 0, the weights input 2.
+    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(2)};
+    const auto [gx, gw] =
+        op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], mask);
+    return first_order(op, {masked(gx, mask[0]), Tensor(), masked(gw, mask[1])}, 8);
+  }
+};
+
+Tensor spherical_harmonics(const Tensor& vectors, int64_t lmax, bool normalize,
+                           const std::string& normalization) {
+  return SphericalHarmonics::apply(vectors, lmax, normalize, normalization);
+}
+
+Tensor tensor_product(const Tensor& x1, const Tensor& x2, const Tensor& w, const Tensor& paths,
+                      const Tensor& cg_index, const Tensor& cg_value, int64_t dim_out) {
+  return TensorProduct::apply(x1, x2, w, paths, cg_index, cg_value, dim_out);
+}
+
+Tensor conv(const Tensor& x, const Tensor& edge_attr, const Tensor& w, const Tensor& src,
+            const Tensor& dst, int64_t num_nodes, const Tensor& paths, const Tensor& cg_index,
+            const Tensor& cg_value, int64_t dim_out) {
+  return Conv::apply(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out);
+}
+
+Tensor scatter_sum(const Tensor& src, const Tensor& index, int64_t dim_size) {
+  return ScatterSum::apply(src, index, dim_size);
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Species& species, const Tensor& paths,
+              const Tensor& coeff, int64_t dim_out) {
+  return Linear::apply(x, w, species, paths, coeff, dim_out);
+}
+
+Tensor symmetric_contraction(const Tensor& x, const Tensor& species, const Tensor& w,
+                             const Tensor& monomials, const Tensor& pairs, const Tensor& entries,
+                             const Tensor& coeff, const Tensor& out_cols) {
+  return SymmetricContraction::apply(x, species, w, monomials, pairs, entries, coeff, out_cols);
+}
+
+}  // namespace
+
+// The Autograd alias key covers every backend (CPU, CUDA); fastcg/ops/_autograd.py skips the
+// Python registration of these six ops when this kernel is present.
+TORCH_LIBRARY_IMPL(fastcg, Autograd, m) {
+  m.impl("spherical_harmonics", &spherical_harmonics);
+  m.impl("tensor_product", &tensor_product);
+  m.impl("conv", &conv);
+  m.impl("scatter_sum", &scatter_sum);
+  m.impl("linear", &linear);
+  m.impl("symmetric_contraction", &symmetric_contraction);
+}
