@@ -13,7 +13,7 @@ from fastcg import backend
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_BUILD = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-CUDA_OPS = [  # ops with CUDA C++ kernels so far; the others run through Triton on GPUs
+CUDA_OPS = [  # every op has a CUDA C++ kernel
     "spherical_harmonics",
     "spherical_harmonics_backward",
     "spherical_harmonics_double_backward",
@@ -24,6 +24,9 @@ CUDA_OPS = [  # ops with CUDA C++ kernels so far; the others run through Triton 
     "conv_backward",
     "linear",
     "linear_backward",
+    "symmetric_contraction",
+    "symmetric_contraction_backward",
+    "symmetric_contraction_double_backward",
 ]
 needs_cuda_build = pytest.mark.skipif(
     not CUDA_BUILD, reason="CPU-only torch or no nvcc: no CUDA sources built"

@@ -14,7 +14,7 @@ from conftest import assert_close, descriptor
 import fastcg
 
 CUDA_READY = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "fastcg::conv", "CUDA"
+    "fastcg::symmetric_contraction", "CUDA"
 )
 BACKENDS = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_READY, reason="no GPU"))]
 DTYPES = [torch.float32, torch.float64]
@@ -94,3 +94,17 @@ def test_scatter_sum(backend, dtype):
     index = torch.tensor([3, 0, 3, 1, 0, 3, 5])  # unsorted; rows 2 and 4 stay zero
     (src,) = _inputs(5, (7, 3))
     _check(lambda s, i: fastcg.scatter_sum(s, i, 6), [src, index], backend, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_symmetric_contraction(backend, dtype):
+    from fastcg.ops.symmetric_contraction import (
+        symmetric_contraction,
+        symmetric_contraction_descriptor,
+    )
+
+    d = symmetric_contraction_descriptor("0e+1o+2e", "0e+1o+2e", (3, 2, 1))
+    species = torch.tensor([1, 0, 1, 1, 0])  # unsorted
+    x, w = _inputs(6, (5, 3, d.dim_in), (2, d.weight_numel, 3))
+    _check(lambda a, s, b: symmetric_contraction(a, s, b, d), [x, species, w], backend, dtype)
