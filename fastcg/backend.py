@@ -2,7 +2,8 @@
 
 ``reference`` is the pure-PyTorch oracle; ``cpu`` the C++ kernels; ``triton`` the Triton kernels
 (on CPU tensors only under ``TRITON_INTERPRET=1``); ``cuda`` the CUDA C++ kernels. ``None`` (the
-default) picks C++ for CPU tensors and Triton for CUDA tensors.
+default) picks C++ for CPU tensors and, per op, Triton, then CUDA C++, then the reference for
+CUDA tensors (an op lacking a kernel in one backend falls through to the next).
 """
 
 import contextlib
@@ -55,20 +56,28 @@ def _triton_namespace() -> str | None:
     return "fastcg_triton" if hasattr(torch.ops.fastcg_triton, "tensor_product") else None
 
 
-def _has_cuda_kernels() -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key("fastcg::tensor_product", "CUDA")
+def _has_cuda_kernels(op: str = "tensor_product") -> bool:
+    """Whether fastcg was built with a CUDA C++ kernel for ``fastcg::{op}``."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastcg::{op}", "CUDA")
+
+
+def _triton_has(ns: str | None, op: str) -> bool:
+    return ns is not None and hasattr(getattr(torch.ops, ns), op)
 
 
 @torch.jit.unused  # scripted models always call the compiled torch.ops.fastcg kernels
-def namespace(is_cuda: bool) -> str:
-    """Op namespace to call for tensors on this device: "reference", "fastcg" or "fastcg_triton"."""
+def namespace(is_cuda: bool, op: str = "tensor_product") -> str:
+    """Namespace to call ``op`` in for tensors on this device: "reference", "fastcg" or
+    "fastcg_triton"."""
     name = get_backend()
     if name == "reference":
         return "reference"
     if name == "cpu" and is_cuda:
         raise ValueError("the 'cpu' backend cannot run CUDA tensors")
-    if name == "cuda" and not (is_cuda and _has_cuda_kernels()):
-        raise ValueError("the 'cuda' backend needs CUDA tensors and fastcg built with CUDA")
+    if name == "cuda" and not (is_cuda and _has_cuda_kernels(op)):
+        raise ValueError(
+            f"the 'cuda' backend needs CUDA tensors and fastcg built with a CUDA kernel for {op}"
+        )
     if name == "triton":
         ns = _triton_namespace()
         if ns is None:
@@ -76,8 +85,8 @@ def namespace(is_cuda: bool) -> str:
         return ns
     if name is not None or not is_cuda:
         return "fastcg"
-    # automatic on CUDA tensors: Triton, then CUDA C++, then the reference
+    # automatic on CUDA tensors, per op: Triton, then CUDA C++, then the reference
     ns = _triton_namespace()
-    if ns is not None:
+    if _triton_has(ns, op):
         return ns
-    return "fastcg" if _has_cuda_kernels() else "reference"
+    return "fastcg" if _has_cuda_kernels(op) else "reference"

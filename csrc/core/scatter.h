@@ -14,4 +14,13 @@ FASTCG_HD void segment_sum(const T* src, const int64_t* order, int64_t begin, in
   }
 }
 
+// Column f of segment_sum (one CUDA thread per output element), summed in the same order.
+template <typename T>
+FASTCG_HD T segment_sum_column(const T* src, const int64_t* order, int64_t begin, int64_t end,
+                               int64_t F, int64_t f) {
+  T acc = T(0);
+  for (int64_t t = begin; t < end; ++t) acc += src[order[t] * F + f];
+  return acc;
+}
+
 }  // namespace fastcg

@@ -12,6 +12,43 @@
 
 namespace fastcg {
 
+// Weights one path reads per row (its slice of the weight vector).
+FASTCG_HD int64_t path_weight_numel(const int64_t* p) {
+  const int64_t m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
+  switch (p[P_MODE]) {
+    case UVW: return m1 * m2 * mo;
+    case UVU:
+    case UVV: return m1 * m2;
+    case UUW: return m1 * mo;
+    default: return m1;
+  }
+}
+
+// Whether a path stays inside operands of d1 / d2 / dout features and wn weights per row, and its
+// CG rows inside [0, nnz) and the irreps' dimensions (cpu/utils.h check_paths says which part
+// fails; the CUDA kernels assert this on the device, where the table lives).
+FASTCG_HD bool path_fits(const int64_t* p, const int64_t* ci, int64_t nnz, int64_t d1, int64_t d2,
+                         int64_t dout, int64_t wn) {
+  const int64_t mode = p[P_MODE], l1 = p[P_L1], l2 = p[P_L2], l3 = p[P_L3];
+  const int64_t m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
+  if (mode < UVW || mode > UUW || l1 < 0 || l2 < 0 || l3 < 0 || m1 < 0 || m2 < 0 || mo < 0 ||
+      p[P_OFF1] < 0 || p[P_OFF2] < 0 || p[P_OFFO] < 0)
+    return false;
+  if (p[P_OFF1] + m1 * (2 * l1 + 1) > d1 || p[P_OFF2] + m2 * (2 * l2 + 1) > d2 ||
+      p[P_OFFO] + mo * (2 * l3 + 1) > dout)
+    return false;
+  if (p[P_WOFF] >= 0 ? p[P_WOFF] + path_weight_numel(p) > wn : mode == UVW) return false;
+  const bool mul_ok = mode == UVW || (mode == UVU && mo == m1) || (mode == UVV && mo == m2) ||
+                      (mode == UUW && m1 == m2) || (mode == UUU && m1 == m2 && mo == m1);
+  if (!mul_ok || p[P_CG_BEGIN] < 0 || p[P_CG_BEGIN] > p[P_CG_END] || p[P_CG_END] > nnz)
+    return false;
+  for (int64_t n = p[P_CG_BEGIN]; n < p[P_CG_END]; ++n)
+    if (ci[3 * n] < 0 || ci[3 * n] > 2 * l1 || ci[3 * n + 1] < 0 || ci[3 * n + 1] > 2 * l2 ||
+        ci[3 * n + 2] < 0 || ci[3 * n + 2] > 2 * l3)
+      return false;
+  return true;
+}
+
 template <typename T>
 FASTCG_HD void tp_path_forward(const int64_t* p, const int64_t* cgi, const double* cgv, const T* x1,
                                const T* x2, const T* w, T* out) {

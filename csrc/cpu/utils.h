@@ -25,17 +25,6 @@ inline void check_tables(const at::Tensor& paths, const at::Tensor& cg_index,
               "descriptor tables must be contiguous");
 }
 
-inline int64_t path_weight_numel(const int64_t* p) {
-  const int64_t m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
-  switch (p[P_MODE]) {
-    case UVW: return m1 * m2 * mo;
-    case UVU:
-    case UVV: return m1 * m2;
-    case UUW: return m1 * mo;
-    default: return m1;
-  }
-}
-
 // Every path must stay inside the operands: a table that does not match the tensors (a wrong
 // descriptor passed to torch.ops.fastcg directly) is an error here, not an out-of-bounds read.
 inline void check_paths(const at::Tensor& paths, const at::Tensor& cg_index, int64_t d1,

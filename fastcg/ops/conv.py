@@ -37,7 +37,7 @@ def conv_tables(
     x, edge_attr, w = x.contiguous(), edge_attr.contiguous(), w.contiguous()
     tables = (paths, cg_index, cg_value.to(torch.float64))
     if not torch.jit.is_scripting():
-        ns = namespace(x.is_cuda)
+        ns = namespace(x.is_cuda, "conv")
         if ns != "fastcg":
             return _other(ns, x, edge_attr, w, src, dst, num_nodes, *tables, dim_out)
     return torch.ops.fastcg.conv(

@@ -38,7 +38,7 @@ def linear_tables(
     path_coeff = path_coeff.to(torch.float64)
     shape = list(x.shape[:-1]) + [dim_out]
     if not torch.jit.is_scripting():
-        ns = namespace(x.is_cuda)
+        ns = namespace(x.is_cuda, "linear")
         if ns != "fastcg":
             return _other(ns, flat, weights, species, paths, path_coeff, dim_out).reshape(shape)
     out = torch.ops.fastcg.linear(flat, weights, species, paths, path_coeff, dim_out)

@@ -29,7 +29,7 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
         features *= n
     flat = src.reshape(src.shape[0], features).contiguous()
     if not torch.jit.is_scripting():
-        ns = namespace(src.is_cuda)
+        ns = namespace(src.is_cuda, "scatter_sum")
         if ns != "fastcg":
             return _other(ns, flat, index, dim_size).reshape(shape)
     return torch.ops.fastcg.scatter_sum(flat, index, dim_size).reshape(shape)

@@ -33,7 +33,7 @@ def spherical_harmonics(
         )
     shape = list(vectors.shape[:-1]) + [(lmax + 1) * (lmax + 1)]
     if not torch.jit.is_scripting():
-        ns = namespace(vectors.is_cuda)
+        ns = namespace(vectors.is_cuda, "spherical_harmonics")
         if ns != "fastcg":
             return _other(ns, vectors, lmax, normalize, normalization).reshape(shape)
     flat = vectors.reshape(-1, 3).contiguous()

@@ -232,7 +232,7 @@ def symmetric_contraction_tables(
     x, weights = x.contiguous(), weights.contiguous()
     coeff = coeff.to(torch.float64)
     if not torch.jit.is_scripting():
-        ns = namespace(x.is_cuda)
+        ns = namespace(x.is_cuda, "symmetric_contraction")
         if ns != "fastcg":
             return _other(ns, x, species, weights, monomials, pairs, entries, coeff, out_cols)
     return torch.ops.fastcg.symmetric_contraction(

@@ -46,7 +46,7 @@ def tensor_product_tables(
     a, b = _flat(x1, batch), _flat(x2, batch)
     args = (paths, cg_index, cg_value.to(torch.float64))
     if not torch.jit.is_scripting():
-        ns = namespace(x1.is_cuda)
+        ns = namespace(x1.is_cuda, "tensor_product")
         if ns != "fastcg":
             return _other(ns, a, b, w, *args, dim_out).reshape(batch + [dim_out])
     out = torch.ops.fastcg.tensor_product(a, b, w, args[0], args[1], args[2], dim_out)
