@@ -4,9 +4,12 @@ Compiles each ``csrc/cuda/*.cu`` (or the files given) to a cubin per architectur
 ``-Xptxas -v``, using setup.py's nvcc flags and torch's include paths, prints one row per kernel
 and exits with status 1 when a kernel spills more than ``--max-spill`` bytes (stores plus loads;
 default 0: the kernels are simple loops whose state fits in registers, so any spill is a
-regression worth a look).
+regression worth a look). Known exceptions: the spherical-harmonics backward / double backward
+kernels spill at high l (e.g. sh_dbl_kernel<8, double>: ~17 KB of spill traffic per thread on
+sm_80); ``--allow REGEX`` exempts kernels whose demangled name matches.
 
     python tools/cuda_resources.py                      # every file, sm_80 and sm_90
+    python tools/cuda_resources.py --allow 'sh_(bwd|dbl)_kernel'
     python tools/cuda_resources.py csrc/cuda/scatter.cu --arch 80
 """
 
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="*", help="default: csrc/cuda/*.cu")
     ap.add_argument("--arch", action="append", help="compute capability digits (default 80, 90)")
     ap.add_argument("--max-spill", type=int, default=0, help="bytes of spill stores + loads")
+    ap.add_argument("--allow", help="regex of kernel names exempt from the spill bound")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
     files = [Path(f).resolve() for f in args.files] or sorted((ROOT / "csrc/cuda").glob("*.cu"))
@@ -155,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         reports = list(pool.map(lambda j: compile_report(j[0], j[1], flags, tmp), jobs))
     kernels = [k for (f, a), r in zip(jobs, reports) for k in parse(r, f.name, f"sm_{a}")]
     print(table(kernels))
-    bad = [k for k in kernels if k.spill > args.max_spill]
-    for k, n in zip(bad, demangle([k.name for k in bad])):
+    names = demangle([k.name for k in kernels])
+    allow = re.compile(args.allow) if args.allow else None
+    bad = [
+        (k, n)
+        for k, n in zip(kernels, names)
+        if k.spill > args.max_spill and not (allow and allow.search(n))
+    ]
+    for k, n in bad:
         print(f"SPILL {k.file} {k.arch} {n}: {k.spill} bytes > {args.max_spill}", file=sys.stderr)
     return 1 if bad or not kernels else 0
 

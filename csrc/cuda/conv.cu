@@ -58,6 +58,9 @@ __global__ void conv_bwd_kernel(TPTables tb, ConvDims c, const T* g, const T* x,
   }
 }
 
+// ---- host side: checks and launches (the kernels above also build as host code for
+// tests/test_cuda_emulation.py) ----
+
 ConvDims check_conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
                     const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
                     const at::Tensor& paths, const at::Tensor& cg_index,

@@ -49,6 +49,9 @@ __global__ void linear_grad_w_kernel(LinTables tb, const T* x, const T* g, const
   gw[t] = acc;
 }
 
+// ---- host side: checks and launches (the kernels above also build as host code for
+// tests/test_cuda_emulation.py) ----
+
 LinTables check_linear(const at::Tensor& x, const at::Tensor& w,
                        const c10::optional<at::Tensor>& species, const at::Tensor& paths,
                        const at::Tensor& coeff, int64_t dout) {

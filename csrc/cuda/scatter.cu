@@ -18,6 +18,9 @@ __global__ void scatter_sum_kernel(const T* src, const int64_t* order, const int
   out[t] = segment_sum_column(src, order, off[n], off[n + 1], F, f);
 }
 
+// ---- host side: checks and launches (the kernels above also build as host code for
+// tests/test_cuda_emulation.py) ----
+
 at::Tensor scatter_sum(const at::Tensor& src, const at::Tensor& index, int64_t dim_size) {
   check_cuda(src, "src");
   TORCH_CHECK((src.dim() == 1 || src.dim() == 2) && src.is_contiguous(),

@@ -146,6 +146,9 @@ __global__ void check_sc_tables_kernel(ScTables d) {
   }
 }
 
+// ---- host side: checks and launches (the kernels above also build as host code for
+// tests/test_cuda_emulation.py) ----
+
 ScTables prepare(const at::Tensor& x, const at::Tensor& species, const at::Tensor& weights,
                  const at::Tensor& mono, const at::Tensor& pairs, const at::Tensor& entries,
                  const at::Tensor& coeff, const at::Tensor& cols) {

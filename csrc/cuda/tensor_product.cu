@@ -42,6 +42,9 @@ __global__ void tp_bwd_kernel(TPTables tb, const T* g, const T* x1, const T* x2,
                         x2 + r * d2, wr, ga, gb, gwr);
 }
 
+// ---- host side: checks and launches (the kernels above also build as host code for
+// tests/test_cuda_emulation.py) ----
+
 void check_tp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w,
               const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
               int64_t dim_out) {
