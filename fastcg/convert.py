@@ -45,8 +45,10 @@ def _mace_interaction_class() -> type | None:
     return InteractionBlock
 
 
-def _fuse_mace_convs(model: torch.nn.Module) -> int:
-    """Replace the conv_tp of every mace-torch interaction block in place; count them."""
+def _convert_mace_interactions(model: torch.nn.Module) -> int:
+    """In every mace-torch interaction block, in place: ``conv_tp`` becomes one fused fastcg conv
+    and ``skip_tp(h, node_attrs)`` (a fully connected product with the one-hot species) a
+    species-indexed linear (a product it cannot express stays e3nn); count the blocks."""
     block_cls = _mace_interaction_class()
     if block_cls is None:
         return 0
@@ -54,12 +56,19 @@ def _fuse_mace_convs(model: torch.nn.Module) -> int:
 
     count = 0
     for module in model.modules():
+        if not isinstance(module, block_cls):
+            continue
         conv = getattr(module, "conv_tp", None)
-        if (isinstance(module, block_cls) and isinstance(conv, o3().TensorProduct)
-                and not hasattr(module, "conv_fusion")):  # fmt: skip
+        if isinstance(conv, o3().TensorProduct) and not hasattr(module, "conv_fusion"):
             module.conv_tp = MaceConv.from_e3nn(conv)
             module.conv_fusion = "fastcg"
             count += 1
+        tp = getattr(module, "skip_tp", None)
+        if isinstance(tp, o3().FullyConnectedTensorProduct):
+            try:
+                module.skip_tp = fnn.SpeciesLinear.from_skip_tp(tp)
+            except (NotImplementedError, ValueError):
+                pass
     return count
 
 
@@ -78,26 +87,6 @@ def _convert_symmetric_contractions(model: torch.nn.Module) -> int:
     return count
 
 
-def _convert_skip_tps(model: torch.nn.Module) -> int:
-    """mace-torch's ``skip_tp(h, node_attrs)`` (a fully connected product with the one-hot
-    species) becomes a species-indexed linear; products it cannot express stay e3nn."""
-    block_cls = _mace_interaction_class()
-    if block_cls is None:
-        return 0
-    from fastcg.irreps import o3
-
-    count = 0
-    for module in model.modules():
-        tp = getattr(module, "skip_tp", None)
-        if isinstance(module, block_cls) and isinstance(tp, o3().FullyConnectedTensorProduct):
-            try:
-                module.skip_tp = fnn.SpeciesLinear.from_skip_tp(tp)
-            except (NotImplementedError, ValueError):
-                continue
-            count += 1
-    return count
-
-
 def convert(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` with every supported e3nn module (and mace-torch conv) on fastcg.
 
@@ -112,8 +101,7 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
         # e3nn 0.4.4 pickles its generated code through torch.jit (deprecation warnings)
         warnings.simplefilter("ignore")
         out = copy.deepcopy(model)
-    _fuse_mace_convs(out)
-    _convert_skip_tps(out)
+    _convert_mace_interactions(out)
     _convert_symmetric_contractions(out)
     return fnn.convert(out)
 

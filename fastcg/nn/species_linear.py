@@ -10,7 +10,7 @@ from ..descriptor import linear_descriptor
 from ..irreps import irreps as to_irreps
 from ..ops import linear_tables
 from .symmetric_contraction import one_hot_species
-from .tensor_product import _E3NN_CODEGEN, Float64Tables
+from .tensor_product import Float64Tables, copy_persistent_buffers, without_e3nn_codegen
 
 
 class SpeciesLinear(Float64Tables):
@@ -84,17 +84,14 @@ class SpeciesLinear(Float64Tables):
         twin._weight_index = index.reshape(-1)
         twin.weight = torch.nn.Parameter(fctp.weight.detach().clone(),
                                          requires_grad=fctp.weight.requires_grad)  # fmt: skip
-        for name, buf in fctp.named_buffers(recurse=False):  # e3nn's output_mask
-            if name not in fctp._non_persistent_buffers_set:
-                twin.register_buffer(name, buf.detach().clone())
+        copy_persistent_buffers(twin, fctp)  # e3nn's output_mask
         ref = fctp.weight
         return twin.to(device=ref.device, dtype=ref.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # a skip tensor product's state_dict: e3nn's generated-code buffers are not needed here
-        codegen = tuple(prefix + name + "." for name in _E3NN_CODEGEN)
-        kept = {k: v for k, v in state_dict.items() if not k.startswith(codegen)}
-        super()._load_from_state_dict(kept, prefix, *args, **kwargs)
+        super()._load_from_state_dict(without_e3nn_codegen(state_dict, prefix), prefix, *args,
+                                      **kwargs)  # fmt: skip
 
     def species_weights(self) -> Tensor:
         """``[num_species, weight_numel]`` (gathered from a tensor product's flat weight)."""

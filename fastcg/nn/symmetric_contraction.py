@@ -13,7 +13,7 @@ from ..ops.symmetric_contraction import (
     symmetric_contraction_descriptor,
     symmetric_contraction_tables,
 )
-from .tensor_product import Float64Tables
+from .tensor_product import Float64Tables, copy_persistent_buffers
 
 
 class SymmetricContraction(Float64Tables):
@@ -141,10 +141,7 @@ class _MaceWeights(torch.nn.Module):
         # mace: weights_max is order `correlation`, weights[i] order correlation - 1 - i
         self.weights = torch.nn.ParameterList([copy(p) for p in contraction.weights])
         self.weights_max = copy(contraction.weights_max)
-        skip = contraction._non_persistent_buffers_set
-        for name, buf in contraction.named_buffers(recurse=False):
-            if name not in skip:
-                self.register_buffer(name, buf.detach().clone())
+        copy_persistent_buffers(self, contraction)  # U_matrix_*, weights_*_zeroed
 
     def ordered(self) -> Tensor:
         """``[num_elements, params of orders 1..correlation, channels]``."""

@@ -60,6 +60,20 @@ class Float64Tables(torch.nn.Module):
         return out
 
 
+def without_e3nn_codegen(state_dict: dict, prefix: str) -> dict:
+    """``state_dict`` without e3nn's generated-code buffers under ``prefix``."""
+    codegen = tuple(prefix + name + "." for name in _E3NN_CODEGEN)
+    return {k: v for k, v in state_dict.items() if not k.startswith(codegen)}
+
+
+def copy_persistent_buffers(target: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Register copies of ``source``'s own persistent buffers on ``target``, same names (so the
+    state_dict keys of a twin match the module it was made from)."""
+    for name, buf in source.named_buffers(recurse=False):
+        if name not in source._non_persistent_buffers_set:
+            target.register_buffer(name, buf.detach().clone())
+
+
 def load_twin(twin: torch.nn.Module, module: torch.nn.Module) -> Any:
     """Move ``twin`` to ``module``'s device and dtype, then load ``module``'s state strictly."""
     ref = next(
@@ -201,9 +215,8 @@ class TensorProduct(Float64Tables):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # e3nn's generated code stores its Wigner 3j blocks in the state_dict
         # ("_compiled_main_left_right._w3j_1_1_1"); our CG tables are fixed, so skip them.
-        codegen = tuple(prefix + name + "." for name in _E3NN_CODEGEN)
-        kept = {k: v for k, v in state_dict.items() if not k.startswith(codegen)}
-        super()._load_from_state_dict(kept, prefix, *args, **kwargs)
+        super()._load_from_state_dict(without_e3nn_codegen(state_dict, prefix), prefix, *args,
+                                      **kwargs)  # fmt: skip
 
     def __repr__(self) -> str:
         npath = sum(prod(i.path_shape) for i in self.instructions)
