@@ -327,6 +327,49 @@ def test_gate_matches_e3nn(case, dtype):
         assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
 
 
+# ---------------------------------------------------------------- fully connected net
+
+FC_CASES = [
+    ([10, 64, 64, 64, 24], torch.nn.functional.silu, 1.0, 1.0, False),  # MACE's radial MLP
+    ([8, 16, 5], torch.tanh, 2.0, 0.5, False),
+    ([8, 16, 5], torch.sigmoid, 1.0, 3.0, True),  # activated last layer
+    ([8, 16, 16, 5], None, 0.7, 1.0, False),
+    ([6, 3], torch.nn.functional.silu, 1.0, 1.0, True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(FC_CASES)))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fully_connected_net_matches_e3nn(case, dtype):
+    hs, act, var_in, var_out, out_act = FC_CASES[case]
+    with default_dtype(dtype):
+        ref = e3nn_nn.FullyConnectedNet(hs, act, var_in, var_out, out_act)
+    ours = fnn.FullyConnectedNet.from_e3nn(ref)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    x = torch.randn(7, hs[0], dtype=dtype, requires_grad=True)
+    assert_close(ours(x), ref(x))
+    (gx,) = torch.autograd.grad(ours(x).square().sum(), x, create_graph=True)
+    (gx_ref,) = torch.autograd.grad(ref(x).square().sum(), x, create_graph=True)
+    assert_close(gx, gx_ref)
+    mine = torch.autograd.grad(gx.square().sum(), list(ours.parameters()))
+    theirs = torch.autograd.grad(gx_ref.square().sum(), list(ref.parameters()))
+    for a, b in zip(mine, theirs):
+        assert_close(a, b)
+    fresh = fnn.FullyConnectedNet(hs, act, var_in, var_out, out_act).to(dtype)
+    fresh.load_state_dict(ref.state_dict())  # e3nn's state_dict loads strictly
+    assert_close(fresh(x), ref(x))
+    assert_close(torch.jit.script(ours)(x), ref(x))
+
+
+def test_fully_connected_net_unsupported_stays_e3nn():
+    ref = e3nn_nn.FullyConnectedNet([4, 8, 2], torch.abs)
+    with pytest.raises(NotImplementedError, match="activation"):
+        fnn.FullyConnectedNet.from_e3nn(ref)
+    assert fnn.convert(torch.nn.Sequential(ref))[0] is ref
+    with pytest.raises(ValueError, match="hs"):
+        fnn.FullyConnectedNet([4])
+
+
 # ---------------------------------------------------------------- convolution
 
 
@@ -452,11 +495,12 @@ class E3nnBlock(torch.nn.Module):
         self.sh = o3.SphericalHarmonics([0, 1, 2], True)
         self.tp = o3.FullyConnectedTensorProduct(gate.irreps_out, self.sh.irreps_out, "3x0e+1x1o")
         self.act = e3nn_nn.Activation("3x0e+1x1o", [torch.abs, None])
+        self.mlp = e3nn_nn.FullyConnectedNet([3, 8, 3], torch.nn.functional.silu)
 
     def forward(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
             x = layer(x)
-        return self.act(self.tp(x, self.sh(vec)))
+        return self.act(self.tp(x, self.sh(vec))) * self.mlp(vec).sum(-1, keepdim=True)
 
 
 def test_convert_swaps_e3nn_modules():
@@ -470,7 +514,7 @@ def test_convert_swaps_e3nn_modules():
     assert converted is model
     kinds = [type(m) for m in model.modules()]
     for cls in (fnn.Linear, fnn.Gate, fnn.SphericalHarmonics, fnn.FullyConnectedTensorProduct,
-                fnn.Activation):  # fmt: skip
+                fnn.Activation, fnn.FullyConnectedNet):  # fmt: skip
         assert cls in kinds
     assert not any(type(m).__module__.startswith("e3nn.") for m in model.modules())
     assert_close(model(x, vec), want)

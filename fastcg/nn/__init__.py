@@ -8,6 +8,7 @@ the e3nn modules inside a model for their twins.
 import torch
 
 from .conv import TensorProductConv
+from .fc import FullyConnectedNet
 from .gate import Activation, Gate
 from .linear import Linear
 from .species_linear import SpeciesLinear
@@ -18,6 +19,7 @@ from .tensor_product import ElementwiseTensorProduct, FullyConnectedTensorProduc
 __all__ = [
     "Activation",
     "ElementwiseTensorProduct",
+    "FullyConnectedNet",
     "FullyConnectedTensorProduct",
     "Gate",
     "Linear",
@@ -46,12 +48,13 @@ def _twin(module: torch.nn.Module) -> torch.nn.Module | None:
         (o3.SphericalHarmonics, SphericalHarmonics),
         (e3nn_nn.Gate, Gate),
         (e3nn_nn.Activation, Activation),
+        (e3nn_nn.FullyConnectedNet, FullyConnectedNet),
     ]
     for e3nn_cls, cls in pairs:
         if isinstance(module, e3nn_cls):
             try:
                 return cls.from_e3nn(module)
-            except NotImplementedError:  # e.g. uvuv paths, Linear with f_in
+            except NotImplementedError:  # e.g. uvuv paths, Linear with f_in, custom activations
                 return None
     return None
 
