@@ -13,19 +13,21 @@ sm_90: 227 KiB) or spills more than ``--max-spill`` bytes (default 64: the accum
 sized to stay in registers, see ``blocks`` in fastcg/triton/tensor_product.py; ptxas still
 spills 8 bytes in one uvu weight-gradient configuration at 64 registers, which L1 absorbs).
 
-    python tools/triton_aot.py            # all problems, both targets, prints a table
-    python tools/triton_aot.py --quick    # one small problem, sm_80 (what CI runs)
+    python tools/triton_aot.py --jobs 2 --float64   # all problems, both targets (make test-aot)
+    python tools/triton_aot.py --quick    # one small problem, sm_80 (tests/triton/test_tools.py)
     python tools/triton_aot.py --only _sc_ --float64   # only kernels whose name has "_sc_"
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -87,7 +89,7 @@ class _Recorder:
 
 def problems(quick: bool) -> list[tuple[str, fastcg.TPDescriptor, int]]:
     """(name, conv descriptor, SH lmax): bench/problems.py when present, else MACE-like ones."""
-    if not quick:  # --quick (CI) keeps the tiny fallback: the real configs take ~15 min
+    if not quick:  # --quick keeps the tiny fallback (a unit test's size)
         try:
             from bench import problems as bp  # noqa: PLC0415
 
@@ -201,6 +203,14 @@ def compile_one(fn, sig: dict, constexprs: dict, arch: int) -> dict:
     return {"shared": k.metadata.shared, "regs": regs, "spill": spill}
 
 
+_JOBS: list = []  # (fn, sig, constexprs, arch), filled before the pool forks
+
+
+def _compile_job(i: int) -> dict:
+    fn, sig, cx, arch = _JOBS[i]
+    return compile_one(fn, sig, cx, arch)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one small problem, sm_80, float32")
@@ -208,23 +218,41 @@ def main() -> int:
     ap.add_argument("--max-spill", type=int, default=64, help="allowed spill bytes per kernel")
     ap.add_argument("--float64", action="store_true", help="also compile the float64 variants")
     ap.add_argument("--only", default="", help="compile only kernels whose name contains this")
+    ap.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    ap.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = ap.parse_args()
     archs = args.arch or ([80] if args.quick else [80, 90])
     dtypes = [torch.float32] + ([torch.float64] if args.float64 else [])
     configs = {k: v for k, v in record(args.quick, dtypes).items() if args.only in k[0]}
-    failures = 0
+    rows = [(key, arch) for key in sorted(configs, key=str) for arch in archs]
+    _JOBS[:] = [(*configs[key], arch) for key, arch in rows]
+    if args.jobs > 1:  # fork: the workers inherit _JOBS (JIT functions do not pickle)
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            results = pool.map(_compile_job, range(len(rows)))
+    else:
+        results = map(_compile_job, range(len(rows)))
+    failures, table = 0, []
     print(f"{'kernel':<22} {'dtype':<5} {'constexprs':<58} {'sm':>3} {'smem B':>7} {'regs':>4} "
           f"{'spill':>5}")  # fmt: skip
-    for (name, _, consts), (fn, sig, cx) in sorted(configs.items(), key=lambda kv: str(kv[0])):
-        for arch in archs:
-            r = compile_one(fn, sig, cx, arch)
-            bad = r["shared"] > SMEM_LIMIT[arch] or r["spill"] > args.max_spill
-            failures += bad
-            short = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in consts)
-            dt = sig[fn.arg_names[0]].lstrip("*")  # the first argument's element type
-            print(f"{name:<22} {dt:<5} {short[:58]:<58} {arch:>3} {r['shared']:>7} {r['regs']:>4} "
-                  f"{r['spill']:>5}{'  FAIL' if bad else ''}", flush=True)  # fmt: skip
-    print(f"{len(configs)} configurations x {len(archs)} targets, {failures} over the limits")
+    for (key, arch), r in zip(rows, results):
+        (name, _, consts), (fn, sig, _) = key, configs[key]
+        bad = r["shared"] > SMEM_LIMIT[arch] or r["spill"] > args.max_spill
+        failures += bad
+        short = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in consts)
+        dt = sig[fn.arg_names[0]].lstrip("*")  # the first argument's element type
+        print(f"{name:<22} {dt:<5} {short[:58]:<58} {arch:>3} {r['shared']:>7} {r['regs']:>4} "
+              f"{r['spill']:>5}{'  FAIL' if bad else ''}", flush=True)  # fmt: skip
+        table.append(f"| {name} | {dt} | {short} | sm_{arch} | {r['shared']} | {r['regs']} | "
+                     f"{r['spill']} |")  # fmt: skip
+    summary = f"{len(configs)} configurations x {len(archs)} targets, {failures} over the limits"
+    print(summary)
+    if args.markdown:
+        head = ["# Triton kernels: compiled resources (`python tools/triton_aot.py "
+                + " ".join(sys.argv[1:]) + "`)", "", summary, "",
+                "| kernel | dtype | constexprs | target | smem B | registers | spill B |",
+                "|---|---|---|---|---:|---:|---:|"]  # fmt: skip
+        args.markdown.write_text("\n".join(head + table) + "\n")
     return 1 if failures else 0
 
 

@@ -414,18 +414,19 @@ def plan(paths: Tensor, cg_index: Tensor, cg_value: Tensor, dtype, device) -> TP
 # launchers
 
 
-def blocks(nchan: int, d3: int, segment: bool = False) -> tuple[int, int]:
-    """(BZ, BC): rows x channels of a program.
+def blocks(nchan: int, d3: int, segment: bool = False, wide: bool = False) -> tuple[int, int]:
+    """(BZ, BC): rows x channels of a program; ``wide``: float64 accumulators.
 
-    On a GPU the [BZ, BC, d3] accumulator is kept at 1024 elements (8 per thread with 4 warps;
-    uvu holds two of them): at 2048, ptxas spilled up to 876 bytes in the unrolled l1 = 3 uvu
-    paths (tools/triton_aot.py). Under the interpreter larger blocks mean fewer (slow)
-    Python-level programs.
+    On a GPU the [BZ, BC, d3] accumulator is kept at 4 KiB: 1024 float32 elements (8 per thread
+    with 4 warps; uvu holds two of them) or 512 float64 ones. At 2048 float32 elements ptxas
+    spilled up to 876 bytes in the unrolled l1 = 3 uvu paths, and float64 at 1024 elements up to
+    640 bytes (tools/triton_aot.py --float64). Under the interpreter larger blocks mean fewer
+    (slow) Python-level programs.
     """
     if interpreting():
         return 16 if segment else 64, min(_pow2(nchan), 64)
     bc = min(_pow2(nchan), 32)
-    bz = max(1, min(32, 1024 // (bc * d3)))
+    bz = max(1, min(32, (512 if wide else 1024) // (bc * d3)))
     return 1 << (bz.bit_length() - 1), bc  # largest power of two <= bz
 
 
@@ -455,7 +456,7 @@ def launch_product(
     for p in plans:
         if nrows == 0 or p.mul_out == 0:
             continue
-        bz, bc = blocks(p.nchan, p.d3, out_mode == OUT_SEGMENT)
+        bz, bc = blocks(p.nchan, p.d3, out_mode == OUT_SEGMENT, out.dtype == torch.float64)
         grid = (nprog if nprog is not None else triton.cdiv(nrows, bz), triton.cdiv(p.nchan, bc))
         if grid[0] == 0:
             continue
@@ -482,7 +483,7 @@ def launch_wgrad(
     for p in plans:
         if p.w_off < 0 or nrows == 0:
             continue
-        bz, bc = blocks(p.nchan, p.d3)
+        bz, bc = blocks(p.nchan, p.d3, wide=dw.dtype == torch.float64)
         grid = (triton.cdiv(nrows, bz), triton.cdiv(p.nchan, bc))
         _tp_wgrad_kernel[grid](
             a, b, g, p.cg, dw, _or(gather1, dummy), _or(gather2, dummy), _or(gatherg, dummy),
