@@ -5,8 +5,9 @@ extracted into one header, compiled as plain C++ with ``__global__`` dropped and
 the grid (tests/cuda_emulation/glue.cpp mirrors the launches), and compared in float64 (the conv
 also in float32) with the C++ CPU kernels, which the other tests compare with e3nn and the
 reference. The atomic conv's atomicAdd is a shim that logs where it adds, so a shared output
-written with a plain ``+=`` (a race on a GPU) fails here too. What this cannot see: the real launch configuration, memory spaces, the
-atomics' run-to-run ordering, and the .cu files' host code itself.
+written with a plain ``+=`` (a race on a GPU) fails here too. What this cannot see: the real
+launch configuration, memory spaces, the atomics' run-to-run ordering, and the .cu files' host
+code itself.
 """
 
 import shutil
