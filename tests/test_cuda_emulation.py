@@ -2,9 +2,12 @@
 
 Each csrc/cuda/*.cu holds its kernels between ``namespace {`` and a "host side" marker. They are
 extracted into one header, compiled as plain C++ with ``__global__`` dropped and a serial loop for
-the grid (tests/cuda_emulation/glue.cpp mirrors the launches), and compared in float64 with the
-C++ CPU kernels, which the other tests compare with e3nn and the reference. What this cannot see:
-the real launch configuration, memory spaces, races, and the .cu files' host code itself.
+the grid (tests/cuda_emulation/glue.cpp mirrors the launches), and compared in float64 (the conv
+also in float32) with the C++ CPU kernels, which the other tests compare with e3nn and the
+reference. The atomic conv's atomicAdd is a shim that logs where it adds, so a shared output
+written with a plain ``+=`` (a race on a GPU) fails here too. What this cannot see: the real
+launch configuration, memory spaces, the atomics' run-to-run ordering, and the .cu files' host
+code itself.
 """
 
 import shutil
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import descriptor
+from conftest import assert_close, descriptor
 
 import fastcg
 from fastcg.ops.symmetric_contraction import symmetric_contraction_descriptor
@@ -22,6 +25,7 @@ KERNEL_FILES = ["symmetric_contraction", "linear", "scatter", "tensor_product", 
 MARKER = "// ---- host side"
 PRELUDE = """#include <torch/extension.h>
 #include <cassert>
+#include <unordered_set>
 #include "core/linear.h"
 #include "core/scatter.h"
 #include "core/symmetric_contraction.h"
@@ -33,6 +37,16 @@ inline int64_t thread_index() { return g_tid; }
 #define __forceinline__ inline
 #define CUDA_KERNEL_ASSERT(c) assert(c)
 #define LAUNCH(n, call) for (g_tid = 0; g_tid < (n); ++g_tid) call
+// atomicAdd of the atomic conv: exact in the serial grid; it logs the addresses it adds into, so
+// glue.cpp's atomic_audit can tell a shared output written with a plain += (a race on a GPU).
+static std::unordered_set<const void*> g_atomic_hits;
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+  g_atomic_hits.insert(p);
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
 namespace fastcg {
 inline std::pair<at::Tensor, at::Tensor> group_by(const at::Tensor& key, int64_t bins) {
   auto sorted = key.sort(true, 0, false);
@@ -111,9 +125,12 @@ def test_scatter_sum(emu):
     close([emu.scat(src, index, 7)], [ops.scatter_sum(src, index, 7)])
 
 
-@pytest.mark.parametrize("case", ["mixed", "uvw", "uvu", "uuu", "uvv", "uuw", "unweighted"])
+TP_CASES = ["mixed", "uvw", "uvu", "uuu", "uvv", "uuw", "unweighted"]
+
+
+@pytest.mark.parametrize("case", TP_CASES)
 @pytest.mark.parametrize("shared", [False, True], ids=["per_row", "shared"])
-def test_tensor_product_and_conv(emu, case, shared):
+def test_tensor_product(emu, case, shared):
     d = descriptor(case)
     p, ci, cv = d.tensors()
     tb = (p, ci, cv.to(F64))
@@ -123,11 +140,47 @@ def test_tensor_product_and_conv(emu, case, shared):
     close([emu.tp_fwd(x1, x2, w, *tb, d.dim_out)], [ops.tensor_product(x1, x2, w, *tb, d.dim_out)])
     theirs = ops.tensor_product_backward(g, x1, x2, w, *tb, [True, True, True])
     close(emu.tp_bwd(g, x1, x2, w, *tb, 4), theirs)  # rows in chunks of 4 for shared weights
-    x, y = torch.randn(5, d.dim1, dtype=F64), torch.randn(11, d.dim2, dtype=F64)
-    we = w if shared else torch.randn(11, d.weight_numel, dtype=F64)
-    src, dst = torch.randint(0, 5, (11,)), torch.randint(0, 5, (11,))
-    ours = emu.conv_fwd(x, y, we, src, dst, 5, *tb, d.dim_out)
-    close([ours], [ops.conv(x, y, we, src, dst, 5, *tb, d.dim_out)])
-    g = torch.randn(5, d.dim_out, dtype=F64)
-    theirs = ops.conv_backward(g, x, y, we, src, dst, *tb, [True, True, True])
-    close(emu.conv_bwd(g, x, y, we, src, dst, *tb, 2), theirs)
+
+
+def conv_edges(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(src, dst) over 5 nodes: several edges per receiver, node 4 receives nothing."""
+    src = torch.tensor([0, 2, 1, 2, 3, 0, 1, 3, 2, 4, 4])
+    dst = torch.tensor([1, 0, 3, 1, 0, 2, 1, 2, 3, 1, 0])
+    if kind == "sorted":
+        dst, perm = dst.sort(stable=True)
+        src = src[perm]
+    return (src[:0], dst[:0]) if kind == "empty" else (src, dst)
+
+
+def audit(emu, shared: list[torch.Tensor]):
+    missed, stray = emu.atomic_audit(shared)
+    assert missed == 0, f"{missed} elements of shared outputs written without atomicAdd"
+    assert stray == 0, f"{stray} atomicAdds into outputs a single thread owns"
+
+
+@pytest.mark.parametrize("edges", ["unsorted", "sorted", "empty"])
+@pytest.mark.parametrize("atomic", [False, True], ids=["deterministic", "atomic"])
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("shared", [False, True], ids=["per_edge", "shared"])
+@pytest.mark.parametrize("case", TP_CASES)
+def test_conv(emu, case, shared, dtype, atomic, edges):
+    """Both kernel variants against the CPU conv: forward and backward, shared and per-edge
+    weights (shared grad_weights in chunks of 2 nodes on the deterministic path)."""
+    d = descriptor(case)
+    p, ci, cv = d.tensors()
+    tb = (p, ci, cv.to(F64))
+    src, dst = conv_edges(edges)
+    E = len(src)
+    x, y = torch.randn(5, d.dim1, dtype=dtype), torch.randn(E, d.dim2, dtype=dtype)
+    w = torch.randn(*([] if shared else [E]), d.weight_numel, dtype=dtype)
+    out = emu.conv_fwd(x, y, w, src, dst, 5, *tb, d.dim_out, atomic)
+    if atomic:
+        audit(emu, [out])
+    assert_close(out, ops.conv(x, y, w, src, dst, 5, *tb, d.dim_out))
+    g = torch.randn(5, d.dim_out, dtype=dtype)
+    ours = emu.conv_bwd(g, x, y, w, src, dst, *tb, 2, atomic)
+    if atomic:
+        audit(emu, [ours[0], ours[2]] if shared else [ours[0]])
+    theirs = ops.conv_backward(g, x, y, w, src, dst, *tb, [True, True, True])
+    for a, b in zip(ours, theirs, strict=True):
+        assert_close(a, b)

@@ -60,10 +60,21 @@ def test_tensor_product(backend, dtype, shared):
     _check(lambda a, b, c: fastcg.tensor_product(a, b, c, d), [x1, x2, w], backend, dtype)
 
 
+@pytest.fixture(params=[False, True], ids=["atomic", "deterministic"])
+def deterministic(request):
+    """The CUDA conv's two variants: atomic by default, sorted under deterministic algorithms
+    (warn_only: other ops in the test may have no deterministic kernel)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(request.param, warn_only=True)
+    yield request.param
+    torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shared", [False, True], ids=["per_edge", "shared"])
-def test_conv(backend, dtype, shared):
+def test_conv(backend, dtype, shared, deterministic):
     d = descriptor("mixed")
     src = torch.tensor([0, 2, 1, 2, 3, 0, 1, 3, 2])  # unsorted; node 4 receives nothing
     dst = torch.tensor([1, 0, 3, 1, 0, 2, 1, 2, 3])
@@ -74,6 +85,29 @@ def test_conv(backend, dtype, shared):
         return fastcg.conv(a, b, c, s, t, 5, d)
 
     _check(fn, [x, y, w, src, dst], backend, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shared", [False, True], ids=["per_edge", "shared"])
+def test_conv_many_edges_per_node(backend, shared, deterministic):
+    """Thousands of edges into a few nodes: on a GPU, the atomic kernels' threads collide on
+    every output row, where a missing atomic would lose updates."""
+    d = descriptor("mixed")
+    gen = torch.Generator().manual_seed(7)
+    src = torch.randint(0, 6, (3000,), generator=gen)
+    dst = torch.randint(0, 3, (3000,), generator=gen)
+    w_shape = (d.weight_numel,) if shared else (3000, d.weight_numel)
+    x, y, w = _inputs(8, (6, d.dim1), (3000, d.dim2), w_shape)
+    device = "cuda" if backend == "cuda" else "cpu"
+
+    def run(backend, device):
+        xs = [t.to(device).clone().requires_grad_() for t in (x, y, w)]
+        with fastcg.use_backend(backend):
+            out = fastcg.conv(*xs, src.to(device), dst.to(device), 4, d)
+            return [out, *torch.autograd.grad(out, xs, torch.cos(out.detach()))]
+
+    for a, b in zip(run(backend, device), run("reference", "cpu"), strict=True):
+        assert_close(a.cpu(), b, torch.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

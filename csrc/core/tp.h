@@ -49,7 +49,19 @@ FASTCG_HD bool path_fits(const int64_t* p, const int64_t* ci, int64_t nnz, int64
   return true;
 }
 
-template <typename T>
+// How a path adds a term into an output element. The default is a plain `+=` for outputs the
+// calling thread owns (every CPU kernel, the deterministic CUDA kernels); the atomic CUDA conv
+// passes a policy calling atomicAdd for outputs that threads share (csrc/cuda/conv.cu). Always
+// inlined, so the CPU kernels compile to the same code as with a bare `+=`.
+struct PlainAdd {
+  template <typename T>
+  static FASTCG_HDI void add(T* p, T v) {
+    *p += v;
+  }
+};
+
+// out += TP(x1, x2, w) of one path for one row; Add accumulates into out.
+template <typename T, typename Add = PlainAdd>
 FASTCG_HD void tp_path_forward(const int64_t* p, const int64_t* cgi, const double* cgv, const T* x1,
                                const T* x2, const T* w, T* out) {
   const int64_t mode = p[P_MODE], m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
@@ -66,34 +78,35 @@ FASTCG_HD void tp_path_forward(const int64_t* p, const int64_t* cgi, const doubl
         for (int64_t v = 0; v < m2; ++v) {
           const T s = c * a[u * d1 + i] * b[v * d2 + j];
           const T* wr = W + (u * m2 + v) * mo;
-          for (int64_t q = 0; q < mo; ++q) o[q * d3 + k] += s * wr[q];
+          for (int64_t q = 0; q < mo; ++q) Add::add(o + q * d3 + k, s * wr[q]);
         }
     } else if (mode == UVU) {
       for (int64_t u = 0; u < m1; ++u) {
         T s = 0;
         for (int64_t v = 0; v < m2; ++v) s += (W ? W[u * m2 + v] : T(1)) * b[v * d2 + j];
-        o[u * d3 + k] += c * a[u * d1 + i] * s;
+        Add::add(o + u * d3 + k, c * a[u * d1 + i] * s);
       }
     } else if (mode == UVV) {
       for (int64_t v = 0; v < m2; ++v) {
         T s = 0;
         for (int64_t u = 0; u < m1; ++u) s += (W ? W[u * m2 + v] : T(1)) * a[u * d1 + i];
-        o[v * d3 + k] += c * b[v * d2 + j] * s;
+        Add::add(o + v * d3 + k, c * b[v * d2 + j] * s);
       }
     } else if (mode == UUW) {
       for (int64_t u = 0; u < m1; ++u) {
         const T s = c * a[u * d1 + i] * b[u * d2 + j];
-        for (int64_t q = 0; q < mo; ++q) o[q * d3 + k] += s * (W ? W[u * mo + q] : T(1));
+        for (int64_t q = 0; q < mo; ++q) Add::add(o + q * d3 + k, s * (W ? W[u * mo + q] : T(1)));
       }
     } else {  // UUU
       for (int64_t u = 0; u < m1; ++u)
-        o[u * d3 + k] += c * (W ? W[u] : T(1)) * a[u * d1 + i] * b[u * d2 + j];
+        Add::add(o + u * d3 + k, c * (W ? W[u] : T(1)) * a[u * d1 + i] * b[u * d2 + j]);
     }
   }
 }
 
-// Gradient of sum(g * out) for one path and one row; null outputs are skipped.
-template <typename T>
+// Gradient of sum(g * out) for one path and one row; null outputs are skipped. Add1, Add2 and AddW
+// accumulate into gx1, gx2 and gw (PlainAdd above: each output may be shared or owned).
+template <typename T, typename Add1 = PlainAdd, typename Add2 = PlainAdd, typename AddW = PlainAdd>
 FASTCG_HD void tp_path_backward(const int64_t* p, const int64_t* cgi, const double* cgv, const T* g,
                                 const T* x1, const T* x2, const T* w, T* gx1, T* gx2, T* gw) {
   const int64_t mode = p[P_MODE], m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
@@ -115,37 +128,37 @@ FASTCG_HD void tp_path_backward(const int64_t* p, const int64_t* cgi, const doub
           const T* wr = W + (u * m2 + v) * mo;
           T s = 0;
           for (int64_t q = 0; q < mo; ++q) s += wr[q] * go[q * d3 + k];
-          if (ga) ga[u * d1 + i] += c * b[v * d2 + j] * s;
-          if (gb) gb[v * d2 + j] += c * a[u * d1 + i] * s;
+          if (ga) Add1::add(ga + u * d1 + i, c * b[v * d2 + j] * s);
+          if (gb) Add2::add(gb + v * d2 + j, c * a[u * d1 + i] * s);
           if (gW) {
             const T t = c * a[u * d1 + i] * b[v * d2 + j];
             T* gr = gW + (u * m2 + v) * mo;
-            for (int64_t q = 0; q < mo; ++q) gr[q] += t * go[q * d3 + k];
+            for (int64_t q = 0; q < mo; ++q) AddW::add(gr + q, t * go[q * d3 + k]);
           }
         }
       } else if (mode == UVU || mode == UVV) {
         for (int64_t v = 0; v < m2; ++v) {
           const T gk = go[(mode == UVU ? u : v) * d3 + k];
           const T wv = W ? W[u * m2 + v] : T(1);
-          if (ga) ga[u * d1 + i] += c * wv * b[v * d2 + j] * gk;
-          if (gb) gb[v * d2 + j] += c * wv * a[u * d1 + i] * gk;
-          if (gW) gW[u * m2 + v] += c * a[u * d1 + i] * b[v * d2 + j] * gk;
+          if (ga) Add1::add(ga + u * d1 + i, c * wv * b[v * d2 + j] * gk);
+          if (gb) Add2::add(gb + v * d2 + j, c * wv * a[u * d1 + i] * gk);
+          if (gW) AddW::add(gW + u * m2 + v, c * a[u * d1 + i] * b[v * d2 + j] * gk);
         }
       } else if (mode == UUW) {
         T s = 0;
         for (int64_t q = 0; q < mo; ++q) s += (W ? W[u * mo + q] : T(1)) * go[q * d3 + k];
-        if (ga) ga[u * d1 + i] += c * b[u * d2 + j] * s;
-        if (gb) gb[u * d2 + j] += c * a[u * d1 + i] * s;
+        if (ga) Add1::add(ga + u * d1 + i, c * b[u * d2 + j] * s);
+        if (gb) Add2::add(gb + u * d2 + j, c * a[u * d1 + i] * s);
         if (gW) {
           const T t = c * a[u * d1 + i] * b[u * d2 + j];
-          for (int64_t q = 0; q < mo; ++q) gW[u * mo + q] += t * go[q * d3 + k];
+          for (int64_t q = 0; q < mo; ++q) AddW::add(gW + u * mo + q, t * go[q * d3 + k]);
         }
       } else {  // UUU
         const T gk = go[u * d3 + k];
         const T wv = W ? W[u] : T(1);
-        if (ga) ga[u * d1 + i] += c * wv * b[u * d2 + j] * gk;
-        if (gb) gb[u * d2 + j] += c * wv * a[u * d1 + i] * gk;
-        if (gW) gW[u] += c * a[u * d1 + i] * b[u * d2 + j] * gk;
+        if (ga) Add1::add(ga + u * d1 + i, c * wv * b[u * d2 + j] * gk);
+        if (gb) Add2::add(gb + u * d2 + j, c * wv * a[u * d1 + i] * gk);
+        if (gW) AddW::add(gW + u, c * a[u * d1 + i] * b[u * d2 + j] * gk);
       }
     }
   }

@@ -1,11 +1,25 @@
 // CUDA fused convolution: gather + tensor product + scatter without per-edge messages, over the
-// per-path functions of csrc/core/tp.h. As in the CPU kernel, edges are grouped by destination
-// (forward) or source (backward) with a stable sort on the device (no host sync), and one thread
-// owns one node: it sums its edges in input order into its own row, so the result is
-// deterministic and needs no atomics, whether or not the edges come sorted.
+// per-path functions of csrc/core/tp.h. Two variants, chosen per call by torch's deterministic
+// algorithms flag (the Triton backend, fastcg/triton/conv.py, also takes its deterministic forward
+// for edges already sorted by dst, which it finds with a host sync that this backend avoids):
+// - atomic (the default): one thread per edge adds its message into out[dst[e]] (forward), and
+//   its terms into grad_x[src[e]] and shared grad_weights (backward), with atomicAdd (float and
+//   double: sm_60+; the build targets sm_80 and sm_90). grad_edge_attr and per-edge grad_weights
+//   rows belong to their edge's thread and are plain writes. No sort and no grouping pass, any
+//   edge order; but float additions land in a run-dependent order, so results may differ between
+//   runs in the last bits. Shared weights make every edge add into the same grad_weights row
+//   (contended atomics); conv weights usually come per edge from a radial MLP (MACE, NequIP).
+// - deterministic, under torch.use_deterministic_algorithms(True): as in the CPU kernel, edges
+//   are grouped by destination (forward) or source (backward) with a stable sort on the device
+//   (no host sync), and one thread owns one node: it sums its edges in input order into its own
+//   row, so results are reproducible bit for bit, whether or not the edges come sorted.
+// One thread per edge rather than per (edge, path): several paths add into one grad_edge_attr
+// block (they share the edge irrep), which a path split would turn into atomics too, and E threads
+// (10^4 to 10^6 in MD) already fill the GPU.
 #include <torch/library.h>
 
 #include <array>
+#include <type_traits>
 
 #include "core/tp.h"
 #include "cuda/tp_common.cuh"
@@ -58,8 +72,59 @@ __global__ void conv_bwd_kernel(TPTables tb, ConvDims c, const T* g, const T* x,
   }
 }
 
+// Adds into elements that other threads also add into (atomic variant). The result is unused,
+// so ptxas emits a reduction (RED), not a round trip.
+struct AtomicAdd {
+  template <typename T>
+  static __device__ __forceinline__ void add(T* p, T v) {
+    atomicAdd(p, v);
+  }
+};
+
+// out[dst[e]] += TP(x[src[e]], y[e], w[e]) for edge e = this thread, atomically. Edges whose
+// indices are out of range (check_index_cuda has already asserted on them) write nothing.
+template <typename T>
+__global__ void conv_fwd_atomic_kernel(TPTables tb, ConvDims c, const T* x, const T* y,
+                                       const T* w, const int64_t* src, const int64_t* dst,
+                                       int64_t E, int64_t num_nodes, T* out) {
+  const int64_t e = thread_index();
+  if (e >= E) return;
+  const int64_t s = src[e], d = dst[e];
+  if (s < 0 || s >= c.N || d < 0 || d >= num_nodes) return;
+  const T* we = c.shared ? w : w + e * c.wn;
+  for (int64_t q = 0; q < tb.P; ++q)
+    tp_path_forward<T, AtomicAdd>(tb.paths + q * P_NCOLS, tb.ci, tb.cv, x + s * c.d1,
+                                  y + e * c.d2, we, out + d * c.dout);
+}
+
+// Backward of edge e = this thread: grad_x[src[e]] and, with shared weights (kShared), the one
+// grad_weights row take atomic adds; grad_edge_attr[e] and per-edge grad_weights[e] are this
+// thread's own. Null outputs are skipped.
+template <typename T, bool kShared>
+__global__ void conv_bwd_atomic_kernel(TPTables tb, ConvDims c, const T* g, const T* x,
+                                       const T* y, const T* w, const int64_t* src,
+                                       const int64_t* dst, int64_t E, int64_t num_nodes, T* gx,
+                                       T* gy, T* gw) {
+  using AddW = std::conditional_t<kShared, AtomicAdd, PlainAdd>;
+  const int64_t e = thread_index();
+  if (e >= E) return;
+  const int64_t s = src[e], d = dst[e];
+  if (s < 0 || s >= c.N || d < 0 || d >= num_nodes) return;
+  const T* we = kShared ? w : w + e * c.wn;
+  T* ga = gx ? gx + s * c.d1 : nullptr;
+  T* gb = gy ? gy + e * c.d2 : nullptr;
+  T* gwe = gw ? (kShared ? gw : gw + e * c.wn) : nullptr;
+  for (int64_t q = 0; q < tb.P; ++q)
+    tp_path_backward<T, AtomicAdd, PlainAdd, AddW>(tb.paths + q * P_NCOLS, tb.ci, tb.cv,
+                                                   g + d * c.dout, x + s * c.d1, y + e * c.d2,
+                                                   we, ga, gb, gwe);
+}
+
 // ---- host side: checks and launches (the kernels above also build as host code for
 // tests/test_cuda_emulation.py) ----
+
+// The atomic kernels unless deterministic algorithms are on (the file's header says why).
+bool use_atomics() { return !at::globalContext().deterministicAlgorithms(); }
 
 ConvDims check_conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
                     const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
@@ -93,8 +158,19 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
   auto out = at::zeros({num_nodes, dim_out}, x.options());
   if (y.size(0) == 0 || num_nodes == 0 || paths.size(0) == 0) return out;
   const TPTables tb = tp_tables(paths, cg_index, cg_value);
-  const auto [order, off] = group_by(dst, num_nodes);
   auto stream = at::cuda::getCurrentCUDAStream();
+  if (use_atomics()) {
+    const int64_t E = y.size(0);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_cuda_atomic", [&] {
+      conv_fwd_atomic_kernel<scalar_t><<<blocks_for(E), kThreads, 0, stream>>>(
+          tb, c, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+          src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, num_nodes,
+          out.data_ptr<scalar_t>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return out;
+  }
+  const auto [order, off] = group_by(dst, num_nodes);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_cuda", [&] {
     conv_fwd_kernel<scalar_t><<<blocks_for(num_nodes), kThreads, 0, stream>>>(
         tb, c, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
@@ -103,6 +179,27 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
+}
+
+// Atomic backward into the zeroed gx, gy, gw (the masked-off ones are skipped).
+void conv_backward_atomic(const TPTables& tb, const ConvDims& c, const at::Tensor& g,
+                          const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
+                          const at::Tensor& src, const at::Tensor& dst, std::array<bool, 3> mask,
+                          at::Tensor& gx, at::Tensor& gy, at::Tensor& gw) {
+  const int64_t E = y.size(0), num_nodes = g.size(0);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_backward_cuda_atomic", [&] {
+    scalar_t* ga = mask[0] ? gx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gb = mask[1] ? gy.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gwp = mask[2] && c.wn > 0 ? gw.data_ptr<scalar_t>() : nullptr;
+    auto kernel = c.shared ? conv_bwd_atomic_kernel<scalar_t, true>
+                           : conv_bwd_atomic_kernel<scalar_t, false>;
+    kernel<<<blocks_for(E), kThreads, 0, stream>>>(
+        tb, c, g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+        w.data_ptr<scalar_t>(), src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, num_nodes,
+        ga, gb, gwp);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
@@ -120,6 +217,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
   if (y.size(0) == 0 || N == 0 || paths.size(0) == 0 || !(mask[0] || mask[1] || mask[2]))
     return {gx, gy, gw};
   const TPTables tb = tp_tables(paths, cg_index, cg_value);
+  if (use_atomics()) {
+    conv_backward_atomic(tb, c, g, x, y, w, src, dst, mask, gx, gy, gw);
+    return {gx, gy, gw};
+  }
   const auto [order, off] = group_by(src, N);
   // Shared weights: source nodes in chunks, each node writing its own partial gradient row.
   const bool partials = mask[2] && c.shared && c.wn > 0;

@@ -1,5 +1,6 @@
 // Host glue of tests/test_cuda_emulation.py: runs the CUDA kernels' bodies (extracted from
-// csrc/cuda/*.cu into kernels.h, a serial loop standing in for the grid) on CPU tensors in float64.
+// csrc/cuda/*.cu into kernels.h, a serial loop standing in for the grid) on CPU tensors in float64
+// (the conv also in float32).
 // Mirrors the launches of the .cu files' host side; keep the two in step.
 #include "kernels.h"
 using namespace fastcg;
@@ -104,30 +105,72 @@ at::Tensor tp_fwd(at::Tensor x1, at::Tensor x2, at::Tensor w, at::Tensor p, at::
   LAUNCH(B, tp_fwd_kernel<T>(tt(p, ci, cv), x1.data_ptr<T>(), x2.data_ptr<T>(), w.data_ptr<T>(), B, x1.size(1), x2.size(1), w.size(-1), w.dim() == 1, dout, out.data_ptr<T>()));
   return out;
 }
-at::Tensor conv_fwd(at::Tensor x, at::Tensor y, at::Tensor w, at::Tensor src, at::Tensor dst, int64_t N, at::Tensor p, at::Tensor ci, at::Tensor cv, int64_t dout) {
+// The conv in both variants and both dtypes; `atomic` runs the thread-per-edge kernels (their
+// atomicAdd is the logging shim of the prelude: see atomic_audit).
+template <typename S>
+at::Tensor conv_fwd_t(at::Tensor x, at::Tensor y, at::Tensor w, at::Tensor src, at::Tensor dst, int64_t N, at::Tensor p, at::Tensor ci, at::Tensor cv, int64_t dout, bool atomic) {
   ConvDims c{x.size(0), x.size(1), y.size(1), w.size(-1), dout, w.dim() == 1};
+  const int64_t E = y.size(0);
   auto out = at::zeros({N, dout}, x.options());
+  if (atomic) {
+    g_atomic_hits.clear();
+    LAUNCH(E, conv_fwd_atomic_kernel<S>(tt(p, ci, cv), c, x.data_ptr<S>(), y.data_ptr<S>(), w.data_ptr<S>(), src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, N, out.data_ptr<S>()));
+    return out;
+  }
   auto [order, off] = group_by(dst, N);
-  LAUNCH(N, conv_fwd_kernel<T>(tt(p, ci, cv), c, x.data_ptr<T>(), y.data_ptr<T>(), w.data_ptr<T>(), src.data_ptr<int64_t>(), order.data_ptr<int64_t>(), off.data_ptr<int64_t>(), N, out.data_ptr<T>()));
+  LAUNCH(N, conv_fwd_kernel<S>(tt(p, ci, cv), c, x.data_ptr<S>(), y.data_ptr<S>(), w.data_ptr<S>(), src.data_ptr<int64_t>(), order.data_ptr<int64_t>(), off.data_ptr<int64_t>(), N, out.data_ptr<S>()));
   return out;
 }
-std::vector<at::Tensor> conv_bwd(at::Tensor g, at::Tensor x, at::Tensor y, at::Tensor w, at::Tensor src, at::Tensor dst, at::Tensor p, at::Tensor ci, at::Tensor cv, int64_t chunk) {
+template <typename S>
+std::vector<at::Tensor> conv_bwd_t(at::Tensor g, at::Tensor x, at::Tensor y, at::Tensor w, at::Tensor src, at::Tensor dst, at::Tensor p, at::Tensor ci, at::Tensor cv, int64_t chunk, bool atomic) {
   ConvDims c{x.size(0), x.size(1), y.size(1), w.size(-1), g.size(1), w.dim() == 1};
-  const int64_t N = c.N;
+  const int64_t N = c.N, E = y.size(0);
   auto gx = at::zeros_like(x), gy = at::zeros_like(y), gw = at::zeros_like(w);
+  if (atomic) {
+    g_atomic_hits.clear();
+    auto kernel = c.shared ? conv_bwd_atomic_kernel<S, true> : conv_bwd_atomic_kernel<S, false>;
+    LAUNCH(E, kernel(tt(p, ci, cv), c, g.data_ptr<S>(), x.data_ptr<S>(), y.data_ptr<S>(), w.data_ptr<S>(), src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, g.size(0), gx.data_ptr<S>(), gy.data_ptr<S>(), c.wn > 0 ? gw.data_ptr<S>() : nullptr));
+    return {gx, gy, gw};
+  }
   auto [order, off] = group_by(src, N);
   if (!c.shared) chunk = N;
   auto part = at::empty({chunk, c.wn}, w.options());
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t n = std::min(chunk, N - n0);
-    T* gwp = c.shared ? (part.zero_(), part.data_ptr<T>()) : gw.data_ptr<T>();
-    LAUNCH(n, conv_bwd_kernel<T>(tt(p, ci, cv), c, g.data_ptr<T>(), x.data_ptr<T>(), y.data_ptr<T>(), w.data_ptr<T>(), dst.data_ptr<int64_t>(), order.data_ptr<int64_t>(), off.data_ptr<int64_t>(), n0, n, gx.data_ptr<T>(), gy.data_ptr<T>(), gwp));
+    S* gwp = c.shared ? (part.zero_(), part.data_ptr<S>()) : gw.data_ptr<S>();
+    LAUNCH(n, conv_bwd_kernel<S>(tt(p, ci, cv), c, g.data_ptr<S>(), x.data_ptr<S>(), y.data_ptr<S>(), w.data_ptr<S>(), dst.data_ptr<int64_t>(), order.data_ptr<int64_t>(), off.data_ptr<int64_t>(), n0, n, gx.data_ptr<S>(), gy.data_ptr<S>(), gwp));
     if (c.shared) gw.add_(part.narrow(0, 0, n).sum(0));
   }
   return {gx, gy, gw};
+}
+at::Tensor conv_fwd(at::Tensor x, at::Tensor y, at::Tensor w, at::Tensor src, at::Tensor dst, int64_t N, at::Tensor p, at::Tensor ci, at::Tensor cv, int64_t dout, bool atomic) {
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_fwd", [&] { return conv_fwd_t<scalar_t>(x, y, w, src, dst, N, p, ci, cv, dout, atomic); });
+}
+std::vector<at::Tensor> conv_bwd(at::Tensor g, at::Tensor x, at::Tensor y, at::Tensor w, at::Tensor src, at::Tensor dst, at::Tensor p, at::Tensor ci, at::Tensor cv, int64_t chunk, bool atomic) {
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_bwd", [&] { return conv_bwd_t<scalar_t>(g, x, y, w, src, dst, p, ci, cv, chunk, atomic); });
+}
+// After an atomic launch: (nonzero elements of the outputs threads share that no atomicAdd
+// reached, atomicAdds outside those outputs). A kernel that adds into a shared output with a
+// plain += races on a GPU but not in the serial grid; this is how the host test sees it.
+std::vector<int64_t> atomic_audit(std::vector<at::Tensor> shared) {
+  int64_t missed = 0, stray = int64_t(g_atomic_hits.size());
+  for (auto& t : shared) {
+    const int64_t n = t.numel(), size = int64_t(t.element_size());
+    const char* base = static_cast<const char*>(t.data_ptr());
+    auto nz = t.ne(0).contiguous();
+    const bool* z = nz.data_ptr<bool>();
+    for (int64_t i = 0; i < n; ++i) {
+      const bool hit = g_atomic_hits.count(base + i * size) > 0;
+      stray -= hit;
+      missed += z[i] && !hit;
+    }
+  }
+  g_atomic_hits.clear();
+  return {missed, stray};
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sc_fwd", &sc_fwd); m.def("sc_bwd", &sc_bwd); m.def("sc_dbl", &sc_dbl);
   m.def("lin_fwd", &lin_fwd); m.def("lin_bwd", &lin_bwd); m.def("scat", &scat);
   m.def("tp_fwd", &tp_fwd); m.def("tp_bwd", &tp_bwd); m.def("conv_fwd", &conv_fwd); m.def("conv_bwd", &conv_bwd);
+  m.def("atomic_audit", &atomic_audit);
 }
