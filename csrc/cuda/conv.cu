@@ -9,6 +9,10 @@
 //   edge order; but float additions land in a run-dependent order, so results may differ between
 //   runs in the last bits. Shared weights make every edge add into the same grad_weights row
 //   (contended atomics); conv weights usually come per edge from a radial MLP (MACE, NequIP).
+//   Except that a forward whose edges come sorted by dst stays reproducible bit for bit (DESIGN),
+//   still with no host sync: a device flag (dst sorted?) lets the per-node kernel below sum the
+//   CSR segments of dst itself; both kernels are launched and the one the flag does not pick
+//   returns at once (a compare + all reduce and a searchsorted of num_nodes + 1 values extra).
 // - deterministic, under torch.use_deterministic_algorithms(True): as in the CPU kernel, edges
 //   are grouped by destination (forward) or source (backward) with a stable sort on the device
 //   (no host sync), and one thread owns one node: it sums its edges in input order into its own
@@ -33,16 +37,17 @@ struct ConvDims {
   bool shared;
 };
 
-// out[n] = sum over edges e into n (input order) of TP(x[src[e]], y[e], w[e]).
+// out[n] = sum over edges e into n (input order) of TP(x[src[e]], y[e], w[e]). order null: the
+// edges are sorted by dst (t is the edge); run non-null: a device flag, nothing to do unless set.
 template <typename T>
 __global__ void conv_fwd_kernel(TPTables tb, ConvDims c, const T* x, const T* y, const T* w,
                                 const int64_t* src, const int64_t* order, const int64_t* off,
-                                int64_t num_nodes, T* out) {
+                                int64_t num_nodes, const bool* run, T* out) {
   const int64_t n = thread_index();
-  if (n >= num_nodes) return;
+  if (n >= num_nodes || (run && !*run)) return;
   T* o = out + n * c.dout;
   for (int64_t t = off[n]; t < off[n + 1]; ++t) {
-    const int64_t e = order[t];
+    const int64_t e = order ? order[t] : t;
     const T* we = c.shared ? w : w + e * c.wn;
     for (int64_t q = 0; q < tb.P; ++q)
       tp_path_forward<T>(tb.paths + q * P_NCOLS, tb.ci, tb.cv, x + src[e] * c.d1, y + e * c.d2,
@@ -82,13 +87,14 @@ struct AtomicAdd {
 };
 
 // out[dst[e]] += TP(x[src[e]], y[e], w[e]) for edge e = this thread, atomically. Edges whose
-// indices are out of range (check_index_cuda has already asserted on them) write nothing.
+// indices are out of range (check_index_cuda has already asserted on them) write nothing; nothing
+// at all when the device flag `skip` is set (dst sorted: conv_fwd_kernel sums instead).
 template <typename T>
 __global__ void conv_fwd_atomic_kernel(TPTables tb, ConvDims c, const T* x, const T* y,
                                        const T* w, const int64_t* src, const int64_t* dst,
-                                       int64_t E, int64_t num_nodes, T* out) {
+                                       int64_t E, int64_t num_nodes, const bool* skip, T* out) {
   const int64_t e = thread_index();
-  if (e >= E) return;
+  if (e >= E || *skip) return;
   const int64_t s = src[e], d = dst[e];
   if (s < 0 || s >= c.N || d < 0 || d >= num_nodes) return;
   const T* we = c.shared ? w : w + e * c.wn;
@@ -159,25 +165,27 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
   if (y.size(0) == 0 || num_nodes == 0 || paths.size(0) == 0) return out;
   const TPTables tb = tp_tables(paths, cg_index, cg_value);
   auto stream = at::cuda::getCurrentCUDAStream();
-  if (use_atomics()) {
-    const int64_t E = y.size(0);
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_cuda_atomic", [&] {
-      conv_fwd_atomic_kernel<scalar_t><<<blocks_for(E), kThreads, 0, stream>>>(
-          tb, c, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-          src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, num_nodes,
-          out.data_ptr<scalar_t>());
-    });
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return out;
-  }
-  const auto [order, off] = group_by(dst, num_nodes);
+  const bool atomics = use_atomics();
+  // Atomic variant: CSR offsets of dst itself, used only when the device flag says it is sorted.
+  const auto [order, off] = atomics ? std::pair{at::Tensor(), sorted_offsets(dst, num_nodes)}
+                                    : group_by(dst, num_nodes);
+  const at::Tensor is_sorted = atomics ? sorted_flag(dst) : at::Tensor();
+  const bool* flag = atomics ? is_sorted.data_ptr<bool>() : nullptr;
+  const int64_t E = y.size(0);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_cuda", [&] {
     conv_fwd_kernel<scalar_t><<<blocks_for(num_nodes), kThreads, 0, stream>>>(
         tb, c, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-        src.data_ptr<int64_t>(), order.data_ptr<int64_t>(), off.data_ptr<int64_t>(), num_nodes,
-        out.data_ptr<scalar_t>());
+        src.data_ptr<int64_t>(), atomics ? nullptr : order.data_ptr<int64_t>(),
+        off.data_ptr<int64_t>(), num_nodes, flag, out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (atomics) {
+      conv_fwd_atomic_kernel<scalar_t><<<blocks_for(E), kThreads, 0, stream>>>(
+          tb, c, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+          src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, num_nodes, flag,
+          out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 

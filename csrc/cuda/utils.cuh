@@ -55,12 +55,24 @@ void check_paths_cuda(const at::Tensor& paths, const at::Tensor& cg_index, int64
                       int64_t dout, int64_t wn);
 void check_linear_paths_cuda(const at::Tensor& paths, int64_t din, int64_t dout, int64_t wn);
 
+// 0-d bool tensor on key's device: key (1-D, length >= 1) is non-decreasing. No host sync.
+inline at::Tensor sorted_flag(const at::Tensor& key) {
+  const int64_t n = key.size(0);
+  return n < 2 ? at::ones({}, key.options().dtype(at::kBool))
+               : at::ge(key.narrow(0, 1, n - 1), key.narrow(0, 0, n - 1)).all();
+}
+
+// CSR offsets of a key sorted in [0, bins): row range [off[b], off[b + 1]) holds key b (garbage
+// for an unsorted key; sorted_flag tells).
+inline at::Tensor sorted_offsets(const at::Tensor& key, int64_t bins) {
+  return at::searchsorted(key, at::arange(bins + 1, key.options()));
+}
+
 // Rows grouped by key on the device, stably (input order inside a group), with no host sync:
 // (order [n], offsets [bins + 1]); rows with a key outside [0, bins) fall outside every group.
 inline std::pair<at::Tensor, at::Tensor> group_by(const at::Tensor& key, int64_t bins) {
   auto sorted = key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-  auto bounds = at::arange(bins + 1, key.options());
-  return {std::get<1>(sorted), at::searchsorted(std::get<0>(sorted), bounds)};
+  return {std::get<1>(sorted), sorted_offsets(std::get<0>(sorted), bins)};
 }
 
 // A fresh empty tensor per masked output: outputs of one op must not alias each other.

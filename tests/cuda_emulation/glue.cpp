@@ -112,13 +112,17 @@ at::Tensor conv_fwd_t(at::Tensor x, at::Tensor y, at::Tensor w, at::Tensor src, 
   ConvDims c{x.size(0), x.size(1), y.size(1), w.size(-1), dout, w.dim() == 1};
   const int64_t E = y.size(0);
   auto out = at::zeros({N, dout}, x.options());
-  if (atomic) {
+  if (atomic) {  // as conv.cu: both kernels, the device flag (dst sorted?) picks one
     g_atomic_hits.clear();
-    LAUNCH(E, conv_fwd_atomic_kernel<S>(tt(p, ci, cv), c, x.data_ptr<S>(), y.data_ptr<S>(), w.data_ptr<S>(), src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, N, out.data_ptr<S>()));
+    if (E == 0) return out;
+    bool sorted = E < 2 || at::ge(dst.narrow(0, 1, E - 1), dst.narrow(0, 0, E - 1)).all().item<bool>();
+    auto off = at::searchsorted(dst, at::arange(N + 1, dst.options()));
+    LAUNCH(N, conv_fwd_kernel<S>(tt(p, ci, cv), c, x.data_ptr<S>(), y.data_ptr<S>(), w.data_ptr<S>(), src.data_ptr<int64_t>(), nullptr, off.data_ptr<int64_t>(), N, &sorted, out.data_ptr<S>()));
+    LAUNCH(E, conv_fwd_atomic_kernel<S>(tt(p, ci, cv), c, x.data_ptr<S>(), y.data_ptr<S>(), w.data_ptr<S>(), src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, N, &sorted, out.data_ptr<S>()));
     return out;
   }
   auto [order, off] = group_by(dst, N);
-  LAUNCH(N, conv_fwd_kernel<S>(tt(p, ci, cv), c, x.data_ptr<S>(), y.data_ptr<S>(), w.data_ptr<S>(), src.data_ptr<int64_t>(), order.data_ptr<int64_t>(), off.data_ptr<int64_t>(), N, out.data_ptr<S>()));
+  LAUNCH(N, conv_fwd_kernel<S>(tt(p, ci, cv), c, x.data_ptr<S>(), y.data_ptr<S>(), w.data_ptr<S>(), src.data_ptr<int64_t>(), order.data_ptr<int64_t>(), off.data_ptr<int64_t>(), N, nullptr, out.data_ptr<S>()));
   return out;
 }
 template <typename S>
