@@ -66,6 +66,115 @@ struct Arg {
   }
 };
 
+#if defined(__GNUC__)  // gcc and clang: vector extensions
+// One 256-bit register of lanes (one AVX2 register in the x86-64-v3 clone, two SSE2 halves in
+// the default one), and one that may sit at any element and alias it, for loads and stores.
+#if defined(__clang__)
+#define FASTCG_SHUFFLE(I, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define FASTCG_SHUFFLE(I, a, b, ...) __builtin_shuffle(a, b, I{__VA_ARGS__})
+#endif
+constexpr int kVecBytes = 32;
+template <typename T>
+using Vec [[gnu::vector_size(kVecBytes)]] = T;
+template <typename T>
+using VecU [[gnu::vector_size(kVecBytes), gnu::aligned(alignof(T)), gnu::may_alias]] = T;
+template <typename T>
+constexpr int kVecLanes = kVecBytes / sizeof(T);
+
+// r[k][j] <-> r[j][k] for a square block of registers: 24 shuffles for 8 floats, 8 for 4 doubles.
+inline void transpose(Vec<float>* r) {
+  using I = Vec<int32_t>;
+  Vec<float> t[8], u[8];
+  for (int k = 0; k < 4; ++k) {  // pairs of rows interleaved within 128-bit halves
+    t[2 * k] = FASTCG_SHUFFLE(I, r[2 * k], r[2 * k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[2 * k + 1] = FASTCG_SHUFFLE(I, r[2 * k], r[2 * k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int k = 0; k < 2; ++k)  // quadruples of rows
+    for (int h = 0; h < 2; ++h) {
+      const Vec<float> &a = t[4 * k + h], &b = t[4 * k + 2 + h];
+      u[4 * k + 2 * h] = FASTCG_SHUFFLE(I, a, b, 0, 1, 8, 9, 4, 5, 12, 13);
+      u[4 * k + 2 * h + 1] = FASTCG_SHUFFLE(I, a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int k = 0; k < 4; ++k) {  // 128-bit halves of rows 0-3 with those of rows 4-7
+    r[k] = FASTCG_SHUFFLE(I, u[k], u[4 + k], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[4 + k] = FASTCG_SHUFFLE(I, u[k], u[4 + k], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+inline void transpose(Vec<double>* r) {
+  using I = Vec<int64_t>;
+  const Vec<double> t0 = FASTCG_SHUFFLE(I, r[0], r[1], 0, 4, 2, 6);
+  const Vec<double> t1 = FASTCG_SHUFFLE(I, r[0], r[1], 1, 5, 3, 7);
+  const Vec<double> t2 = FASTCG_SHUFFLE(I, r[2], r[3], 0, 4, 2, 6);
+  const Vec<double> t3 = FASTCG_SHUFFLE(I, r[2], r[3], 1, 5, 3, 7);
+  r[0] = FASTCG_SHUFFLE(I, t0, t2, 0, 1, 4, 5);
+  r[1] = FASTCG_SHUFFLE(I, t1, t3, 0, 1, 4, 5);
+  r[2] = FASTCG_SHUFFLE(I, t0, t2, 2, 3, 6, 7);
+  r[3] = FASTCG_SHUFFLE(I, t1, t3, 2, 3, 6, 7);
+}
+
+// out[t * dim + m] = s[m] * Y[m * W + t] (Y aligned to kVecBytes) through register transposes
+// of N entries x N lanes; when N does not divide dim the last block of entries overlaps the one
+// before it and rewrites equal values. The plain loop it replaces stayed scalar at lmax 6 (one
+// load, multiply and store per value). Float forward, 1e5 vectors, one thread, lmax 3 / 6 (best
+// of 300 calls): 0.61 / 3.8 ms before, 0.38 / 2.5 with the normalisation vectorised (setup.py's
+// -fno-math-errno -fno-trapping-math), 0.29 / 1.8 with this store as well.
+template <int dim, int W, typename T>
+void store_rows(const T* s, const T* Y, T* out) {
+  constexpr int N = kVecLanes<T>;
+  if constexpr (dim < N) {
+    for (int t = 0; t < W; ++t)
+      for (int m = 0; m < dim; ++m) out[t * dim + m] = s[m] * Y[m * W + t];
+  } else {
+    for (int g = 0; g < W; g += N)
+      for (int b = 0; b < dim; b += N) {
+        const int m0 = std::min(b, dim - N);
+        Vec<T> r[N];
+        for (int k = 0; k < N; ++k)
+          r[k] = *reinterpret_cast<const VecU<T>*>(Y + (m0 + k) * W + g) * s[m0 + k];
+        transpose(r);
+        for (int k = 0; k < N; ++k) *reinterpret_cast<VecU<T>*>(out + (g + k) * dim + m0) = r[k];
+      }
+  }
+}
+
+// The inverse, for the backward's cotangents: G[m * W + t] = s[m] * g[t * dim + m].
+template <int dim, int W, typename T>
+void load_rows(const T* s, const T* g, T* G) {
+  constexpr int N = kVecLanes<T>;
+  if constexpr (dim < N) {
+    for (int t = 0; t < W; ++t)
+      for (int m = 0; m < dim; ++m) G[m * W + t] = s[m] * g[t * dim + m];
+  } else {
+    for (int t0 = 0; t0 < W; t0 += N)
+      for (int b = 0; b < dim; b += N) {
+        const int m0 = std::min(b, dim - N);
+        Vec<T> r[N];
+        for (int k = 0; k < N; ++k)
+          r[k] = *reinterpret_cast<const VecU<T>*>(g + (t0 + k) * dim + m0);
+        transpose(r);
+        for (int k = 0; k < N; ++k)
+          *reinterpret_cast<VecU<T>*>(G + (m0 + k) * W + t0) = r[k] * s[m0 + k];
+      }
+  }
+}
+#else
+constexpr int kVecBytes = 32;
+
+template <int dim, int W, typename T>
+void store_rows(const T* s, const T* Y, T* out) {
+  for (int t = 0; t < W; ++t)
+    for (int m = 0; m < dim; ++m) out[t * dim + m] = s[m] * Y[m * W + t];
+}
+
+template <int dim, int W, typename T>
+void load_rows(const T* s, const T* g, T* G) {
+  for (int t = 0; t < W; ++t)
+    for (int m = 0; m < dim; ++m) G[m * W + t] = s[m] * g[t * dim + m];
+}
+#endif
+
 template <int L, typename T>
 struct Tile {
   static constexpr int W = kLanes<T>;
@@ -77,22 +186,22 @@ struct Tile {
 
   // out[t, m] = Y_m(r_t) for W vectors.
   static void forward(const ShCall& c, const T* r, T* out) {
-    T s[dim], Y[dim * W];
+    T s[dim];
+    alignas(kVecBytes) T Y[dim * W];
     scales(c, s);
     const Arg<W, T> a(r, c.normalize);
     sh_poly<L, 0, W, T>(a.x, a.y, a.z, Y, nullptr, nullptr);
-    for (int t = 0; t < W; ++t)
-      for (int m = 0; m < dim; ++m) out[t * dim + m] = s[m] * Y[m * W + t];
+    store_rows<dim, W>(s, Y, out);
   }
 
   // grad[t] = sum_m g[t, m] dY_m/dr (r_t).
   static void backward(const ShCall& c, const T* g, const T* r, T* grad) {
-    T s[dim], Y[dim * W], G[dim * W], v[3 * W] = {};
+    T s[dim], Y[dim * W], v[3 * W] = {};
+    alignas(kVecBytes) T G[dim * W];
     scales(c, s);
     const Arg<W, T> a(r, c.normalize);
     sh_poly<L, 0, W, T>(a.x, a.y, a.z, Y, nullptr, nullptr);
-    for (int t = 0; t < W; ++t)
-      for (int m = 0; m < dim; ++m) G[m * W + t] = s[m] * g[t * dim + m];
+    load_rows<dim, W>(s, g, G);
     sh_vjp<L, W, T>(Y, G, v);
     a.project(v, c.normalize);
     for (int t = 0; t < W; ++t)
@@ -103,7 +212,8 @@ struct Tile {
   // grad[t] = d/dr (sum_m g_m dY_m/dr . gg) = J^T (sum_m g_m H_m) J gg + sum_i v_i d2u_i gg.
   static void double_backward(const ShCall& c, const T* gg, const T* g, const T* r, T* gg_sh,
                               T* grad) {
-    T s[dim], Y[dim * W], G[dim * W], P[dim * W], Wc[std::max(1, L * L) * W];
+    T s[dim], Y[dim * W], Wc[std::max(1, L * L) * W];
+    alignas(kVecBytes) T G[dim * W], P[dim * W];
     T q[3 * W], d[3 * W], v[3 * W] = {}, hv[3 * W] = {};
     scales(c, s);
     const Arg<W, T> a(r, c.normalize);
@@ -112,11 +222,8 @@ struct Tile {
       for (int k = 0; k < 3; ++k) q[k * W + t] = d[k * W + t] = gg[3 * t + k];
     a.project(d, c.normalize);  // J gg: J is symmetric
     sh_jvp<L, W, T>(Y, d, P);
-    for (int t = 0; t < W; ++t)
-      for (int m = 0; m < dim; ++m) {
-        gg_sh[t * dim + m] = s[m] * P[m * W + t];
-        G[m * W + t] = s[m] * g[t * dim + m];
-      }
+    store_rows<dim, W>(s, P, gg_sh);
+    load_rows<dim, W>(s, g, G);
     sh_vjp<L, W, T>(Y, G, v);  // gradient in u-space, for the normalize term
     if constexpr (L >= 2) {
       sh_jvp_transpose<L, W, T>(G, d, Wc);
