@@ -107,7 +107,7 @@ at::Tensor tensor_product(const at::Tensor& x1, const at::Tensor& x2, const at::
   const int64_t B = x1.size(0), d1 = x1.size(1), d2 = x2.size(1), wn = w.size(-1);
   const bool shared = w.dim() == 1;
   auto out = at::zeros({B, dim_out}, x1.options());
-  TPPlan pl = make_plan(paths);
+  TPPlan pl = make_plan(paths, cg_index);
   const int64_t* p = paths.data_ptr<int64_t>();
   const int64_t* ci = cg_index.data_ptr<int64_t>();
   const double* cv = cg_value.data_ptr<double>();
@@ -148,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tensor_product_backward(
   const int64_t dout = g.size(1);
   const bool shared = w.dim() == 1;
   auto gx1 = masked(mask[0], x1), gx2 = masked(mask[1], x2), gw = masked(mask[2], w);
-  TPPlan pl = make_plan(paths);
+  TPPlan pl = make_plan(paths, cg_index);
   const int64_t* p = paths.data_ptr<int64_t>();
   const int64_t* ci = cg_index.data_ptr<int64_t>();
   const double* cv = cg_value.data_ptr<double>();

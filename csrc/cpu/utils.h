@@ -9,6 +9,7 @@
 
 #include "core/common.h"
 #include "core/tp.h"
+#include "cpu/uvu1.h"
 
 namespace fastcg {
 
@@ -122,8 +123,8 @@ inline at::Tensor masked(bool on, const at::Tensor& like) {
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-product plan shared by tensor_product.cpp and conv.cpp. uvu paths with mul2 == 1 run
-// channel-fastest (core/tp.h uvu1_*) on ir_mul copies of their x1 / output blocks; every other
-// path runs tp_path_* on the mul_ir rows.
+// channel-fastest (cpu/uvu1.h) on ir_mul copies of their x1 / output blocks; every other path
+// runs tp_path_* on the mul_ir rows.
 
 // A mul_ir block (mul, dim) at `off` of a row, and where its ir_mul copy starts (`at`).
 struct Block {
@@ -131,17 +132,33 @@ struct Block {
 };
 
 // A uvu path with mul2 == 1: channels m, dims d1 / d3, its x1 / output copies at in_at / out_at,
-// its x2 block at y_off, weights at woff (-1: none), CG rows [begin, end).
+// its x2 block at y_off, weights at woff (-1: none), CG rows [begin, end), and its coupled (i, k)
+// pairs at [pairs, pairs + npairs) of the plan's lists by_k (forward) and by_i (backward).
 struct FastPath {
-  int64_t m, d1, d3, in_at, y_off, out_at, woff, begin, end;
+  int64_t m, d1, d3, in_at, y_off, out_at, woff, begin, end, pairs, npairs;
 };
 
 struct TPPlan {
   std::vector<FastPath> fast;
   std::vector<int64_t> generic;  // rows of the path table
   std::vector<Block> in, out;    // distinct x1 / output blocks read / written by fast paths
-  int64_t in_size = 0, out_size = 0, s_size = 0, m_max = 0;
+  std::vector<Pair> by_k, by_i;  // coupled (i, k) pairs of each fast path, sorted by k / by i
+  int64_t in_size = 0, out_size = 0, s_size = 0;
 };
+
+// The distinct (i, k) of CG rows [begin, end), sorted by (i, k) and by (k, i), appended.
+inline int64_t add_pairs(const int64_t* ci, int64_t begin, int64_t end, TPPlan& pl) {
+  std::vector<std::pair<int32_t, int32_t>> ik;
+  for (int64_t n = begin; n < end; ++n) ik.emplace_back(int32_t(ci[3 * n]), int32_t(ci[3 * n + 2]));
+  std::sort(ik.begin(), ik.end());
+  ik.erase(std::unique(ik.begin(), ik.end()), ik.end());
+  for (const auto& [i, k] : ik) pl.by_i.push_back({i, k});
+  std::sort(ik.begin(), ik.end(), [](auto x, auto y) {
+    return std::make_pair(x.second, x.first) < std::make_pair(y.second, y.first);
+  });
+  for (const auto& [i, k] : ik) pl.by_k.push_back({i, k});
+  return int64_t(ik.size());
+}
 
 inline int64_t block_at(std::vector<Block>& bl, int64_t& size, int64_t off, int64_t mul,
                         int64_t dim) {
@@ -152,20 +169,21 @@ inline int64_t block_at(std::vector<Block>& bl, int64_t& size, int64_t off, int6
   return bl.back().at;
 }
 
-inline TPPlan make_plan(const at::Tensor& paths) {
+inline TPPlan make_plan(const at::Tensor& paths, const at::Tensor& cg_index) {
   TPPlan pl;
   const int64_t* p = paths.data_ptr<int64_t>();
+  const int64_t* ci = cg_index.data_ptr<int64_t>();
   for (int64_t q = 0; q < paths.size(0); ++q, p += P_NCOLS) {
     if (p[P_MODE] != UVU || p[P_MUL2] != 1) {
       pl.generic.push_back(q);
       continue;
     }
     const int64_t m = p[P_MUL1], d1 = 2 * p[P_L1] + 1, d3 = 2 * p[P_L3] + 1;
+    const int64_t pairs = int64_t(pl.by_i.size());
     FastPath f{m, d1, d3, block_at(pl.in, pl.in_size, p[P_OFF1], m, d1), p[P_OFF2],
                block_at(pl.out, pl.out_size, p[P_OFFO], m, d3), p[P_WOFF], p[P_CG_BEGIN],
-               p[P_CG_END]};
+               p[P_CG_END], pairs, add_pairs(ci, p[P_CG_BEGIN], p[P_CG_END], pl)};
     pl.s_size = std::max(pl.s_size, d1 * d3);
-    pl.m_max = std::max(pl.m_max, m * d1);
     pl.fast.push_back(f);
   }
   return pl;
@@ -200,8 +218,9 @@ std::vector<T> rows_to_ir_mul(const T* x, int64_t rows, int64_t width,
 // Per-thread scratch of the fast paths.
 template <typename T>
 struct Scratch {
-  std::vector<T> s, aw, M, accT;
-  Scratch(const TPPlan& pl, int64_t acc) : s(pl.s_size), aw(pl.m_max), M(pl.s_size), accT(acc) {}
+  std::vector<T> s, Mt, accT, Mv;
+  Scratch(const TPPlan& pl, int64_t acc)
+      : s(pl.s_size), Mt(pl.s_size), accT(acc), Mv(pl.s_size * sizeof(Vec<T>) / sizeof(T)) {}
 };
 
 template <typename T>
@@ -211,8 +230,9 @@ FASTCG_HDI void fast_forward_impl(const TPPlan& pl, const int64_t* ci, const dou
     T* s = sc.s.data();
     for (int64_t n = 0; n < f.d1 * f.d3; ++n) s[n] = T(0);
     uvu1_coupling(ci, cv, f.begin, f.end, f.d3, y + f.y_off, s);
-    uvu1_forward(f.m, f.d1, f.d3, s, aT + f.in_at, f.woff >= 0 ? w + f.woff : nullptr,
-                 sc.aw.data(), oT + f.out_at);
+    const Pair* pb = pl.by_k.data() + f.pairs;
+    uvu1_fwd(f.m, f.d3, pb, pb + f.npairs, s, aT + f.in_at, f.woff >= 0 ? w + f.woff : nullptr,
+             oT + f.out_at);
   }
 }
 
@@ -225,10 +245,11 @@ FASTCG_HDI void fast_backward_impl(const TPPlan& pl, const int64_t* ci, const do
     for (int64_t n = 0; n < f.d1 * f.d3; ++n) s[n] = T(0);
     uvu1_coupling(ci, cv, f.begin, f.end, f.d3, y + f.y_off, s);
     const bool has_w = f.woff >= 0;
-    uvu1_backward(f.m, f.d1, f.d3, ci, cv, f.begin, f.end, s, aT + f.in_at, gT + f.out_at,
-                  has_w ? w + f.woff : nullptr, sc.M.data(), sc.aw.data(),
-                  gaT ? gaT + f.in_at : nullptr, gy ? gy + f.y_off : nullptr,
-                  (gw && has_w) ? gw + f.woff : nullptr);
+    const Pair* pb = pl.by_i.data() + f.pairs;
+    uvu1_bwd(f.m, f.d3, pb, pb + f.npairs, ci, cv, f.begin, f.end, s, aT + f.in_at,
+             gT + f.out_at, has_w ? w + f.woff : nullptr, gaT ? gaT + f.in_at : nullptr,
+             gy ? gy + f.y_off : nullptr, (gw && has_w) ? gw + f.woff : nullptr,
+             Uvu1Acc<T>{sc.Mv.data(), sc.Mt.data()});
   }
 }
 
