@@ -51,7 +51,7 @@ def neighbour_list(
     """Full neighbour list ``(src, dst, unit_shifts)``:
     ``r_ij = pos[src] - pos[dst] + unit_shifts @ cell`` is shorter than ``cutoff``.
 
-    vesin computes it (15 ms for 864 Cu atoms, ASE's 0.3-1 s); without vesin ASE's does.
+    vesin computes it (15 ms for 864 Cu atoms, 5 A cutoff); without vesin ASE's slower one does.
     """
     periodic = [bool(p) for p in pbc]
     try:
