@@ -168,7 +168,8 @@ FASTCG_HD void tp_path_backward(const int64_t* p, const int64_t* cgi, const doub
 // Channel-fastest ("ir_mul") form of the uvu path with mul2 == 1 (x2 = spherical harmonics or
 // any single-channel block), where MACE and NequIP convolutions spend their time:
 //   out[u,k] = W[u] * sum_i s[i,k] x1[u,i],   s[i,k] = sum_j c_ijk x2[j] (the coupling),
-// so every inner loop runs over channels u with unit stride (x1T[i*m + u], outT[k*m + u]).
+// so every inner loop runs over channels u with unit stride. The CPU kernels over this form are
+// csrc/cpu/uvu1.h (vector extensions); the coupling below is shared.
 
 // s[i*d3 + k] += sum_j c_ijk y[j] over the path's CG rows [begin, end); s starts at zero.
 template <typename T>
@@ -176,144 +177,6 @@ FASTCG_HDI void uvu1_coupling(const int64_t* cgi, const double* cgv, int64_t beg
                               int64_t d3, const T* y, T* s) {
   for (int64_t n = begin; n < end; ++n)
     s[cgi[3 * n] * d3 + cgi[3 * n + 2]] += T(cgv[n]) * y[cgi[3 * n + 1]];
-}
-
-// o[l] += sum_i s[i*d3] a[i*m + l] for l < L, the L channels held in registers across the i sum
-// (one load/store of the output per k instead of one per (i, k)).
-template <typename T, int64_t L>
-FASTCG_HDI void uvu1_forward_chunk(int64_t m, int64_t d1, int64_t d3, const T* FASTCG_RESTRICT s,
-                                   const T* FASTCG_RESTRICT a, T* FASTCG_RESTRICT o) {
-  T acc[L];
-  for (int64_t l = 0; l < L; ++l) acc[l] = o[l];
-  for (int64_t i = 0; i < d1; ++i) {
-    const T c = s[i * d3];
-    if (c == T(0)) continue;  // the CG zero pattern: many (i, k) of a path couple nothing
-    const T* ai = a + i * m;
-    for (int64_t l = 0; l < L; ++l) acc[l] += c * ai[l];
-  }
-  for (int64_t l = 0; l < L; ++l) o[l] = acc[l];
-}
-
-// outT[k][u] += sum_i s[i,k] W[u] x1T[i][u]; W null means weight 1; aw is scratch [d1*m].
-// Channels go in chunks of 256 bytes (eight AVX2 registers), then 64, then one at a time.
-template <typename T>
-FASTCG_HDI void uvu1_forward(int64_t m, int64_t d1, int64_t d3, const T* FASTCG_RESTRICT s,
-                             const T* FASTCG_RESTRICT aT, const T* FASTCG_RESTRICT W,
-                             T* FASTCG_RESTRICT aw, T* FASTCG_RESTRICT oT) {
-  constexpr int64_t L = 256 / sizeof(T), L4 = L / 4;
-  const T* a = aT;
-  if (W) {
-    for (int64_t i = 0; i < d1; ++i)
-      for (int64_t u = 0; u < m; ++u) aw[i * m + u] = W[u] * aT[i * m + u];
-    a = aw;
-  }
-  for (int64_t k = 0; k < d3; ++k) {
-    T* o = oT + k * m;
-    int64_t u0 = 0;
-    for (; u0 + L <= m; u0 += L) uvu1_forward_chunk<T, L>(m, d1, d3, s + k, a + u0, o + u0);
-    for (; u0 + L4 <= m; u0 += L4) uvu1_forward_chunk<T, L4>(m, d1, d3, s + k, a + u0, o + u0);
-    for (; u0 < m; ++u0) uvu1_forward_chunk<T, 1>(m, d1, d3, s + k, a + u0, o + u0);
-  }
-}
-
-// h[u] = sum_k s[k] g[k][u] for L channels, kept in registers; then gai[u] += W[u] h[u] and
-// gW[u] += ai[u] h[u] (null pointers skip them).
-template <typename T, int64_t L>
-FASTCG_HDI void uvu1_backward_chunk(int64_t m, int64_t d3, const T* FASTCG_RESTRICT s,
-                                    const T* FASTCG_RESTRICT ai, const T* FASTCG_RESTRICT g,
-                                    const T* FASTCG_RESTRICT W, T* FASTCG_RESTRICT gai,
-                                    T* FASTCG_RESTRICT gW) {
-  T h[L];
-  for (int64_t l = 0; l < L; ++l) h[l] = T(0);
-  for (int64_t k = 0; k < d3; ++k) {
-    const T c = s[k];
-    if (c == T(0)) continue;
-    const T* gk = g + k * m;
-    for (int64_t l = 0; l < L; ++l) h[l] += c * gk[l];
-  }
-  if (gai)
-    for (int64_t l = 0; l < L; ++l) gai[l] += (W ? W[l] : T(1)) * h[l];
-  if (gW)
-    for (int64_t l = 0; l < L; ++l) gW[l] += ai[l] * h[l];
-}
-
-// M[k] = sum_u aw[u] g[k][u] for K (<= 4) rows k: K x V partial sums stay in registers, so each
-// aw load feeds K FMAs and nothing is stored inside the loop.
-template <typename T>
-FASTCG_HDI void dots4(int64_t m, int64_t K, const T* FASTCG_RESTRICT aw,
-                      const T* FASTCG_RESTRICT g, T* FASTCG_RESTRICT M) {
-  constexpr int64_t V = 64 / sizeof(T);
-  const T* g0 = g;
-  const T* g1 = K > 1 ? g + m : g;
-  const T* g2 = K > 2 ? g + 2 * m : g;
-  const T* g3 = K > 3 ? g + 3 * m : g;
-  T a0[V], a1[V], a2[V], a3[V];
-  for (int64_t l = 0; l < V; ++l) a0[l] = a1[l] = a2[l] = a3[l] = T(0);
-  const int64_t mV = m - m % V;
-  for (int64_t u0 = 0; u0 < mV; u0 += V)
-    for (int64_t l = 0; l < V; ++l) {
-      const T w = aw[u0 + l];
-      a0[l] += w * g0[u0 + l];
-      a1[l] += w * g1[u0 + l];
-      a2[l] += w * g2[u0 + l];
-      a3[l] += w * g3[u0 + l];
-    }
-  T r[4] = {T(0), T(0), T(0), T(0)};
-  for (int64_t l = 0; l < V; ++l) {
-    r[0] += a0[l];
-    r[1] += a1[l];
-    r[2] += a2[l];
-    r[3] += a3[l];
-  }
-  for (int64_t u = mV; u < m; ++u) {
-    r[0] += aw[u] * g0[u];
-    r[1] += aw[u] * g1[u];
-    r[2] += aw[u] * g2[u];
-    r[3] += aw[u] * g3[u];
-  }
-  for (int64_t q = 0; q < K; ++q) M[q] = r[q];
-}
-
-// Backward of uvu1_forward for one edge given g, the grad_out block (ir_mul):
-//   gaT[i][u] += W[u] h[i][u],  gW[u] += sum_i x1T[i][u] h[i][u],  h[i][u] = sum_k s[i,k] g[k][u]
-//   gy[j] += sum c_ijk M[i,k],  M[i,k] = sum_u W[u] x1T[i][u] g[k][u]
-// Null outputs are skipped. Scratch: M [d1*d3], aw [m].
-template <typename T>
-FASTCG_HDI void uvu1_backward(int64_t m, int64_t d1, int64_t d3, const int64_t* cgi,
-                              const double* cgv, int64_t begin, int64_t end,
-                              const T* FASTCG_RESTRICT s, const T* FASTCG_RESTRICT aT,
-                              const T* FASTCG_RESTRICT g, const T* FASTCG_RESTRICT W,
-                              T* FASTCG_RESTRICT M, T* FASTCG_RESTRICT aw,
-                              T* FASTCG_RESTRICT gaT, T* FASTCG_RESTRICT gy,
-                              T* FASTCG_RESTRICT gW) {
-  constexpr int64_t L = 256 / sizeof(T);  // channels per register-held chunk (eight AVX2 regs)
-  for (int64_t i = 0; i < d1; ++i) {
-    const T* ai = aT + i * m;
-    T* gai = gaT ? gaT + i * m : nullptr;
-    if (gai || gW) {
-      int64_t u0 = 0;
-      const T* si = s + i * d3;
-#define FASTCG_UVU1_CHUNK(LEN)                                                          \
-  uvu1_backward_chunk<T, LEN>(m, d3, si, ai + u0, g + u0, W ? W + u0 : nullptr,        \
-                              gai ? gai + u0 : nullptr, gW ? gW + u0 : nullptr)
-      for (; u0 + L <= m; u0 += L) FASTCG_UVU1_CHUNK(L);
-      for (; u0 + L / 4 <= m; u0 += L / 4) FASTCG_UVU1_CHUNK(L / 4);
-      for (; u0 < m; ++u0) FASTCG_UVU1_CHUNK(1);
-#undef FASTCG_UVU1_CHUNK
-    }
-    if (gy) {
-      if (W) {
-        for (int64_t u = 0; u < m; ++u) aw[u] = W[u] * ai[u];
-      } else {
-        for (int64_t u = 0; u < m; ++u) aw[u] = ai[u];
-      }
-      for (int64_t k = 0; k < d3; k += 4)
-        dots4(m, d3 - k < 4 ? d3 - k : 4, aw, g + k * m, M + i * d3 + k);
-    }
-  }
-  if (gy)
-    for (int64_t n = begin; n < end; ++n)
-      gy[cgi[3 * n + 1]] += T(cgv[n]) * M[cgi[3 * n] * d3 + cgi[3 * n + 2]];
 }
 
 }  // namespace fastcg
