@@ -4,7 +4,7 @@ e3nn scales each layer's weight by ``1/sqrt(fan_in)``, multiplies the activation
 second-moment constant (``normalize2mom``) and the output by ``sqrt(var_out)``: two elementwise
 passes over every ``[E, hidden]`` activation, forward and backward, on every edge. Here those
 constants multiply the next layer's (small) weight matrix instead, so each layer is one matmul and
-one activation. In MACE's radial MLPs (36,874 edges, [10, 64, 64, 64, wn]) that drops 24 full
+one activation. In MACE's radial MLPs (36,874 edges, [10, 64, 64, 64, wn]) that drops 23 full
 passes over ``[E, 64]`` tensors per energy + forces call.
 """
 
