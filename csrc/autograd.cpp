@@ -134,6 +134,40 @@ struct Conv : torch::autograd::Function<Conv> {
   }
 };
 
+using ConvRadialSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                             const Tensor&, const Tensor&, int64_t, const Tensor&, const Tensor&,
+                             const Tensor&, int64_t);
+using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using ConvRadialBackwardSig = Tensor4(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                      const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                      const Tensor&, const Tensor&, std::array<bool, 4>);
+
+struct ConvRadial : torch::autograd::Function<ConvRadial> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& edge_attr,
+                        const Tensor& radial, const Tensor& radial_weight, const Tensor& src,
+                        const Tensor& dst, int64_t num_nodes, const Tensor& paths,
+                        const Tensor& cg_index, const Tensor& cg_value, int64_t dim_out) {
+    static const auto op = handle<ConvRadialSig>("fastcg::conv_radial");
+    ctx->save_for_backward({x, edge_attr, radial, radial_weight, src, dst, paths, cg_index,
+                            cg_value});
+    return below_autograd(op, x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths,
+                          cg_index, cg_value, dim_out);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = handle<ConvRadialBackwardSig>("fastcg::conv_radial_backward");
+    const auto s = ctx->get_saved_variables();
+    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      ctx->needs_input_grad(2), ctx->needs_input_grad(3)};
+    const auto [gx, gy, gh, gw] = op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4],
+                                          s[5], s[6], s[7], s[8], mask);
+    return first_order(op,
+                       {masked(gx, mask[0]), masked(gy, mask[1]), masked(gh, mask[2]),
+                        masked(gw, mask[3])},
+                       11);
+  }
+};
+
 struct ScatterSum : torch::autograd::Function<ScatterSum> {
   static Tensor forward(AutogradContext* ctx, const Tensor& src, const Tensor& index,
                         int64_t dim_size) {
@@ -219,6 +253,14 @@ Tensor conv(const Tensor& x, const Tensor& edge_attr, const Tensor& w, const Ten
   return Conv::apply(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out);
 }
 
+Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial,
+                   const Tensor& radial_weight, const Tensor& src, const Tensor& dst,
+                   int64_t num_nodes, const Tensor& paths, const Tensor& cg_index,
+                   const Tensor& cg_value, int64_t dim_out) {
+  return ConvRadial::apply(x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths,
+                           cg_index, cg_value, dim_out);
+}
+
 Tensor scatter_sum(const Tensor& src, const Tensor& index, int64_t dim_size) {
   return ScatterSum::apply(src, index, dim_size);
 }
@@ -237,11 +279,12 @@ Tensor symmetric_contraction(const Tensor& x, const Tensor& species, const Tenso
 }  // namespace
 
 // The Autograd alias key covers every backend (CPU, CUDA); fastcg/ops/_autograd.py skips the
-// Python registration of these six ops when this kernel is present.
+// Python registration of these seven ops when this kernel is present.
 TORCH_LIBRARY_IMPL(fastcg, Autograd, m) {
   m.impl("spherical_harmonics", &spherical_harmonics);
   m.impl("tensor_product", &tensor_product);
   m.impl("conv", &conv);
+  m.impl("conv_radial", &conv_radial);
   m.impl("scatter_sum", &scatter_sum);
   m.impl("linear", &linear);
   m.impl("symmetric_contraction", &symmetric_contraction);

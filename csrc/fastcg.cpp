@@ -40,6 +40,17 @@ TORCH_LIBRARY(fastcg, m) {
       "Tensor dst, Tensor paths, Tensor cg_index, Tensor cg_value, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
 
+  // conv with weights = radial @ radial_weight (radial [E, K], radial_weight [K, numel]), never
+  // stored whole (csrc/conv_radial.cpp)
+  m.def(
+      "conv_radial(Tensor x, Tensor edge_attr, Tensor radial, Tensor radial_weight, Tensor src, "
+      "Tensor dst, int num_nodes, Tensor paths, Tensor cg_index, Tensor cg_value, int dim_out) "
+      "-> Tensor");
+  m.def(
+      "conv_radial_backward(Tensor grad_out, Tensor x, Tensor edge_attr, Tensor radial, "
+      "Tensor radial_weight, Tensor src, Tensor dst, Tensor paths, Tensor cg_index, "
+      "Tensor cg_value, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+
   m.def("scatter_sum(Tensor src, Tensor index, int dim_size) -> Tensor");
 
   // Linear paths int64 [P, 6]: (mul_in, mul_out, ir_dim, off_in, off_out, w_off), path_coeff

@@ -17,7 +17,15 @@ from .descriptor import (
     linear_descriptor,
     tensor_product_descriptor,
 )
-from .ops import conv, linear, scatter_sum, sort_edges, spherical_harmonics, tensor_product
+from .ops import (
+    conv,
+    conv_radial,
+    linear,
+    scatter_sum,
+    sort_edges,
+    spherical_harmonics,
+    tensor_product,
+)
 
 __version__ = "0.1.0"
 
@@ -31,6 +39,7 @@ __all__ = [
     "LinearDescriptor",
     "TPDescriptor",
     "conv",
+    "conv_radial",
     "convert",
     "get_backend",
     "library_path",

@@ -87,6 +87,26 @@ def test_conv(backend, dtype, shared, deterministic):
     _check(fn, [x, y, w, src, dst], backend, dtype)
 
 
+@pytest.mark.parametrize("chunk", [None, "30"], ids=["one_chunk", "chunked"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_radial(backend, dtype, chunk, monkeypatch):
+    """csrc/conv_radial.cpp on the device's conv kernels, in one chunk or several."""
+    if chunk is None:
+        monkeypatch.delenv("FASTCG_CONV_RADIAL_CHUNK", raising=False)
+    else:
+        monkeypatch.setenv("FASTCG_CONV_RADIAL_CHUNK", chunk)
+    d = descriptor("mixed")
+    src = torch.tensor([0, 2, 1, 2, 3, 0, 1, 3, 2])
+    dst = torch.tensor([1, 0, 3, 1, 0, 2, 1, 2, 3])
+    x, y, h, W = _inputs(7, (5, d.dim1), (9, d.dim2), (9, 3), (3, d.weight_numel))
+
+    def fn(a, b, c, e, s, t):
+        return fastcg.conv_radial(a, b, c, e, s, t, 5, d)
+
+    _check(fn, [x, y, h, W, src, dst], backend, dtype)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shared", [False, True], ids=["per_edge", "shared"])
 def test_conv_many_edges_per_node(backend, shared, deterministic):

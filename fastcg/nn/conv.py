@@ -4,7 +4,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..ops import conv_tables
+from ..ops import conv_radial_tables, conv_tables
 from .tensor_product import TensorProduct
 
 
@@ -50,4 +50,19 @@ class TensorProductConv(TensorProduct):
         return conv_tables(
             x, edge_attr, w, src, dst, num_nodes, self._paths, self._cg_index, self._cg_value,
             self._in1_dim, self._in2_dim, self._out_dim, self.weight_numel,
+        )  # fmt: skip
+
+    def forward_radial(
+        self, x: Tensor, edge_attr: Tensor, radial: Tensor, radial_weight: Tensor, src: Tensor,
+        dst: Tensor, num_nodes: int,
+    ) -> Tensor:  # fmt: skip
+        """``forward(x, edge_attr, radial @ radial_weight, src, dst, num_nodes)`` without forming
+        the per-edge weights (:func:`fastcg.ops.conv_radial`): ``radial`` is the last hidden
+        layer of the radial MLP ``[E, K]``, ``radial_weight`` its last linear layer ``[K, ·]``."""
+        if self.shared_weights or self.internal_weights:
+            raise ValueError("forward_radial needs per-edge, external weights")
+        return conv_radial_tables(
+            x, edge_attr, radial, radial_weight, src, dst, num_nodes, self._paths,
+            self._cg_index, self._cg_value, self._in1_dim, self._in2_dim, self._out_dim,
+            self.weight_numel,
         )  # fmt: skip

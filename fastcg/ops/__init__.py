@@ -1,6 +1,6 @@
 """One registered boundary per op: typed wrappers, input checks, fake kernels, autograd."""
 
-from .conv import conv, conv_tables, sort_edges
+from .conv import conv, conv_radial, conv_radial_tables, conv_tables, sort_edges
 from .linear import linear, linear_tables
 from .scatter import scatter_sum
 from .spherical_harmonics import spherical_harmonics
@@ -14,6 +14,8 @@ from .tensor_product import tensor_product, tensor_product_tables
 
 __all__ = [
     "conv",
+    "conv_radial",
+    "conv_radial_tables",
     "conv_tables",
     "linear",
     "linear_tables",

@@ -11,12 +11,10 @@ from ._checks import check_dims, check_float, check_index, check_last_dim, check
 from ._trilinear import double_backward, present, weighted_paths
 
 
-def conv_tables(
-    x: Tensor, edge_attr: Tensor, weights: Tensor | None, src: Tensor, dst: Tensor,
-    num_nodes: int, paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim1: int, dim2: int,
-    dim_out: int, weight_numel: int,
-) -> Tensor:  # fmt: skip
-    """Fused convolution from descriptor tables (what ``fastcg.nn`` modules call; scriptable)."""
+def _check_graph(
+    x: Tensor, edge_attr: Tensor, src: Tensor, dst: Tensor, num_nodes: int, dim1: int, dim2: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The checks every conv flavour shares: features, edge attributes, indices."""
     check_float(x, "x")
     check_same(edge_attr, x, "edge_attr", "x")
     check_dims(x, 2, "x")
@@ -31,10 +29,21 @@ def conv_tables(
             raise ValueError(f"{name} must have shape [{num_edges}] (edges), got {list(t.shape)}")
     src = check_index(src, "src", x.shape[0], x, "x.shape[0]")
     dst = check_index(dst, "dst", num_nodes, x, "num_nodes")
+    return x.contiguous(), edge_attr.contiguous(), src, dst
+
+
+def conv_tables(
+    x: Tensor, edge_attr: Tensor, weights: Tensor | None, src: Tensor, dst: Tensor,
+    num_nodes: int, paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim1: int, dim2: int,
+    dim_out: int, weight_numel: int,
+) -> Tensor:  # fmt: skip
+    """Fused convolution from descriptor tables (what ``fastcg.nn`` modules call; scriptable)."""
+    x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, dim1, dim2)
+    num_edges = edge_attr.shape[0]
     w = check_weights(weights, weight_numel, x, "weights")
     if w.dim() > 1 and (w.dim() != 2 or w.shape[0] != num_edges):
         raise ValueError(f"weights must be [{weight_numel}] or [{num_edges}, {weight_numel}]")
-    x, edge_attr, w = x.contiguous(), edge_attr.contiguous(), w.contiguous()
+    w = w.contiguous()
     tables = (paths, cg_index, cg_value.to(torch.float64))
     if not torch.jit.is_scripting():
         ns = namespace(x.is_cuda, "conv")
@@ -43,6 +52,38 @@ def conv_tables(
     return torch.ops.fastcg.conv(
         x, edge_attr, w, src, dst, num_nodes, tables[0], tables[1], tables[2], dim_out
     )
+
+
+def conv_radial_tables(
+    x: Tensor, edge_attr: Tensor, radial: Tensor, radial_weight: Tensor, src: Tensor,
+    dst: Tensor, num_nodes: int, paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim1: int,
+    dim2: int, dim_out: int, weight_numel: int,
+) -> Tensor:  # fmt: skip
+    """:func:`conv_radial` from descriptor tables (what ``fastcg.nn`` modules call; scriptable)."""
+    x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, dim1, dim2)
+    num_edges = edge_attr.shape[0]
+    for t, name in ((radial, "radial"), (radial_weight, "radial_weight")):
+        check_float(t, name)
+        check_same(t, x, name, "x")
+        check_dims(t, 2, name)
+    if radial.shape[0] != num_edges:
+        raise ValueError(f"radial must have {num_edges} rows (edges), got {list(radial.shape)}")
+    if weight_numel == 0 or radial_weight.shape != (radial.shape[1], weight_numel):
+        raise ValueError(
+            f"radial_weight must have shape [{radial.shape[1]}, {weight_numel}] "
+            f"(radial.shape[1], weight_numel > 0), got {list(radial_weight.shape)}"
+        )
+    radial, radial_weight = radial.contiguous(), radial_weight.contiguous()
+    tables = (paths, cg_index, cg_value.to(torch.float64))
+    if not torch.jit.is_scripting():
+        ns = namespace(x.is_cuda, "conv")
+        if ns != "fastcg":  # these backends take the weights whole
+            w = radial @ radial_weight
+            return _other(ns, x, edge_attr, w, src, dst, num_nodes, *tables, dim_out)
+    return torch.ops.fastcg.conv_radial(
+        x, edge_attr, radial, radial_weight, src, dst, num_nodes, tables[0], tables[1],
+        tables[2], dim_out,
+    )  # fmt: skip
 
 
 @torch.jit.unused
@@ -73,6 +114,25 @@ def conv(
     return conv_tables(
         x, edge_attr, weights, src, dst, num_nodes, *tables, d.dim1, d.dim2, d.dim_out,
         d.weight_numel,
+    )  # fmt: skip
+
+
+def conv_radial(
+    x: Tensor, edge_attr: Tensor, radial: Tensor, radial_weight: Tensor, src: Tensor,
+    dst: Tensor, num_nodes: int, descriptor: TPDescriptor,
+) -> Tensor:  # fmt: skip
+    """``conv(x, edge_attr, radial @ radial_weight, src, dst, num_nodes, descriptor)``, without
+    ever holding the ``[num_edges, weight_numel]`` weights (or their gradient) whole.
+
+    ``radial`` is ``[num_edges, K]`` (the last hidden layer of a radial MLP), ``radial_weight``
+    ``[K, weight_numel]`` (its last, linear layer). The fastcg kernels run the product in chunks
+    of destination nodes; the reference and Triton backends form the weights whole.
+    """
+    tables = tuple(t.to(x.device) for t in descriptor.tensors())
+    d = descriptor
+    return conv_radial_tables(
+        x, edge_attr, radial, radial_weight, src, dst, num_nodes, *tables, d.dim1, d.dim2,
+        d.dim_out, d.weight_numel,
     )  # fmt: skip
 
 
@@ -135,4 +195,78 @@ def register(ns: str) -> None:
     )
 
 
+def register_radial(ns: str) -> None:
+    """Fake kernels and autograd for ``{ns}::conv_radial`` and its backward.
+
+    The backward's own derivative (training on forces) forms the weights ``w = radial @ W``
+    whole and reuses the conv's double backward: with ``gw`` the weight gradient the backward
+    returns (radial's is ``gw W^T``, W's ``radial^T gw``), the cotangents of those two outputs
+    meet the weights as ``ggw = gg_radial W + radial gg_W``, and the chain rule through
+    ``w = radial W`` and through ``ggw`` gives radial's and W's terms.
+    """
+    ops = getattr(torch.ops, ns)
+
+    @torch.library.register_fake(f"{ns}::conv_radial")
+    def _(x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths, cgi, cgv, dim_out):
+        return x.new_empty(num_nodes, dim_out)
+
+    @torch.library.register_fake(f"{ns}::conv_radial_backward")
+    def _(grad_out, x, edge_attr, radial, radial_weight, src, dst, paths, cgi, cgv, mask):
+        inputs = (x, edge_attr, radial, radial_weight)
+        return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(mask, inputs))
+
+    def setup(ctx, inputs, output):
+        x, y, h, W, src, dst, _, paths, cg_index, cg_value, _ = inputs
+        ctx.save_for_backward(x, y, h, W, src, dst, paths, cg_index, cg_value)
+
+    def backward(ctx, grad):
+        x, y, h, W, src, dst, *tables = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:4])
+        grads = ops.conv_radial_backward(grad.contiguous(), x, y, h, W, src, dst, *tables, mask)
+        return *(g if m else None for g, m in zip(grads, mask)), *([None] * 7)
+
+    def setup_backward(ctx, inputs, output):
+        g, x, y, h, W, src, dst, paths, cg_index, cg_value, ctx.mask = inputs
+        ctx.save_for_backward(g, x, y, h, W, src, dst, paths, cg_index, cg_value)
+
+    def backward_backward(ctx, ggx, ggy, ggh, ggW):
+        g, x, y, h, W, src, dst, paths, cg_index, cg_value = ctx.saved_tensors
+        n_g, n_x, n_y, n_h, n_W = ctx.needs_input_grad[:5]
+        ggx, ggy, ggh, ggW = present((ggx, ggy, ggh, ggW), ctx.mask)
+        w = h @ W
+
+        def fwd(a, b, c, weighted):
+            p = weighted_paths(paths) if weighted else paths
+            return ops.conv(a, b, c, src, dst, g.shape[0], p, cg_index, cg_value, g.shape[1])
+
+        def bwd(a, b, c, mask, weighted):
+            p = weighted_paths(paths) if weighted else paths
+            return ops.conv_backward(g, a, b, c, src, dst, p, cg_index, cg_value, mask)
+
+        ggw = None
+        if ggh is not None:
+            ggw = ggh @ W
+        if ggW is not None:
+            ggw = h @ ggW if ggw is None else ggw + h @ ggW
+        needs = (n_g, n_x, n_y, n_h or n_W)
+        d_g, d_x, d_y, d_w = double_backward(x, y, w, (ggx, ggy, ggw), needs, fwd, bwd)
+        d_h = d_W = None
+        if d_w is not None:
+            d_h = d_w @ W.t() if n_h else None
+            d_W = h.t() @ d_w if n_W else None
+        if (n_h and ggW is not None) or (n_W and ggh is not None):
+            gw = bwd(x, y, w, [False, False, True], False)[2]  # the backward's weight gradient
+            if n_h and ggW is not None:
+                d_h = gw @ ggW.t() if d_h is None else d_h + gw @ ggW.t()
+            if n_W and ggh is not None:
+                d_W = ggh.t() @ gw if d_W is None else d_W + ggh.t() @ gw
+        return d_g, d_x, d_y, d_h, d_W, *([None] * 6)
+
+    register_forward_autograd(f"{ns}::conv_radial", backward, setup_context=setup)
+    torch.library.register_autograd(
+        f"{ns}::conv_radial_backward", backward_backward, setup_context=setup_backward
+    )
+
+
 register("fastcg")
+register_radial("fastcg")

@@ -185,6 +185,24 @@ def test_conv_double_backward(triton_backend):
     assert_double_backward(fn, (x, y, w))
 
 
+def test_conv_radial(triton_backend):
+    """conv_radial on the Triton backend (weights formed whole) == the reference, with grads."""
+    d, x, y, _, src, dst = _conv_case(False)
+    h = torch.randn(y.shape[0], 4, dtype=x.dtype, requires_grad=True)
+    W = torch.randn(4, d.weight_numel, dtype=x.dtype, requires_grad=True)
+    n = x.shape[0]
+
+    def fn(x, y, h, W):
+        return fastcg.conv_radial(x, y, h, W, src, dst, n, d)
+
+    cot = torch.randn(n, d.dim_out, dtype=x.dtype)
+    out, grads = _grads("triton", fn, (x, y, h, W), cot)
+    ref, ref_grads = _grads("reference", fn, (x, y, h, W), cot)
+    _close(out, ref, 1e-10)
+    for g, r in zip(grads, ref_grads):
+        _close(g, r, 1e-10)
+
+
 @pytest.mark.parametrize("sort", [False, True], ids=["unsorted", "sorted"])
 def test_scatter_sum(triton_backend, sort):
     index = torch.randint(0, 6, (20,))

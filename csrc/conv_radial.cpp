@@ -1,0 +1,176 @@
+// conv_radial: the fused convolution with per-edge weights radial @ radial_weight (the last,
+// linear layer of a NequIP / MACE radial MLP, folded in). Those weights are the largest tensors
+// of such models: MACE's second interaction has 1,280 per edge, 180 MB at 37k edges in float32,
+// kept by autograd for the backward, plus as much again for their gradient. Here they exist for
+// one chunk of edges at a time, forward and backward, and neither they nor their gradient are
+// stored. Chunks are ranges of destination nodes, so each chunk's output rows are its own and
+// the result is what fastcg::conv gives (same kernels, same order of sums). Device-agnostic:
+// each chunk calls the fastcg::conv / conv_backward kernels of the inputs' device.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cstdlib>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
+using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+
+// Weight elements per chunk: CPU, 8 MB of float32 (the chunk's weights stay in cache between
+// the matmul that makes them and the kernel that reads them); CUDA, enough edges to fill the GPU.
+// FASTCG_CONV_RADIAL_CHUNK overrides both (the tests make small inputs take many chunks).
+constexpr int64_t kCpuChunk = int64_t{1} << 21;
+constexpr int64_t kCudaChunk = int64_t{1} << 27;
+
+int64_t chunk_budget(bool cuda) {
+  if (const char* env = std::getenv("FASTCG_CONV_RADIAL_CHUNK")) {
+    const long long v = std::atoll(env);
+    if (v > 0) return v;
+  }
+  return cuda ? kCudaChunk : kCpuChunk;
+}
+
+struct Chunks {
+  Tensor src, dst, edge_attr, radial;  // in destination order
+  Tensor perm;                         // undefined when the edges already were in that order
+  std::vector<int64_t> node_cut{0}, edge_cut{0};  // chunk k: [cut[k], cut[k + 1])
+};
+
+void check_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial,
+                  const Tensor& radial_weight, const Tensor& dst) {
+  TORCH_CHECK(radial.dim() == 2 && radial.size(0) == edge_attr.size(0),
+              "conv_radial: radial must be [num_edges, K]");
+  TORCH_CHECK(radial_weight.dim() == 2 && radial_weight.size(0) == radial.size(1),
+              "conv_radial: radial_weight must be [K, weight_numel] with K = radial.shape[1]");
+  for (const Tensor* t : {&radial, &radial_weight}) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
+                "conv_radial: radial and radial_weight must have x's dtype and device");
+  }
+  TORCH_CHECK(dst.dim() == 1 && dst.size(0) == edge_attr.size(0) &&
+                  dst.scalar_type() == at::kLong,
+              "conv_radial: dst must be int64 [num_edges]");
+}
+
+Chunks plan(const Tensor& edge_attr, const Tensor& radial, const Tensor& src, const Tensor& dst,
+            int64_t num_nodes, int64_t weight_numel) {
+  TORCH_CHECK(num_nodes >= 0, "conv_radial: num_nodes must be >= 0");
+  Chunks c;
+  const int64_t E = dst.size(0);
+  const bool sorted = E < 2 || (dst.slice(0, 1) >= dst.slice(0, 0, E - 1)).all().item<bool>();
+  if (sorted) {
+    c.src = src, c.dst = dst, c.edge_attr = edge_attr, c.radial = radial;
+  } else {
+    c.perm = std::get<1>(dst.sort(/*stable=*/true, 0, false));
+    c.src = src.index_select(0, c.perm), c.dst = dst.index_select(0, c.perm);
+    c.edge_attr = edge_attr.index_select(0, c.perm), c.radial = radial.index_select(0, c.perm);
+  }
+  if (E > 0) {
+    TORCH_CHECK(c.dst.min().item<int64_t>() >= 0, "conv_radial: dst has negative entries");
+    TORCH_CHECK(c.dst.max().item<int64_t>() < num_nodes, "conv_radial: dst >= num_nodes");
+  }
+  const Tensor counts = at::bincount(c.dst, {}, num_nodes).cpu();
+  const int64_t* cnt = counts.data_ptr<int64_t>();
+  const int64_t budget = chunk_budget(dst.is_cuda());
+  const int64_t target = std::max<int64_t>(1, budget / std::max<int64_t>(weight_numel, 1));
+  int64_t e = 0;
+  for (int64_t n = 0; n < num_nodes; ++n) {
+    e += cnt[n];
+    if (e - c.edge_cut.back() >= target || n + 1 == num_nodes) {
+      c.node_cut.push_back(n + 1);
+      c.edge_cut.push_back(e);
+    }
+  }
+  return c;
+}
+
+Tensor rows(const Tensor& t, int64_t a, int64_t b) { return t.slice(0, a, b); }
+
+Tensor unpermute(const Tensor& g, const Tensor& perm) {
+  if (!perm.defined() || !g.defined()) return g;
+  return at::empty_like(g).index_copy_(0, perm, g);
+}
+
+using ConvSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                       int64_t, const Tensor&, const Tensor&, const Tensor&, int64_t);
+using ConvBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&, std::array<bool, 3>);
+
+template <class Sig>
+c10::TypedOperatorHandle<Sig> handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial,
+                   const Tensor& radial_weight, const Tensor& src, const Tensor& dst,
+                   int64_t num_nodes, const Tensor& paths, const Tensor& cg_index,
+                   const Tensor& cg_value, int64_t dim_out) {
+  static const auto op = handle<ConvSig>("fastcg::conv");
+  check_radial(x, edge_attr, radial, radial_weight, dst);
+  const Chunks c = plan(edge_attr, radial, src, dst, num_nodes, radial_weight.size(1));
+  auto out = at::empty({num_nodes, dim_out}, x.options());
+  for (size_t k = 0; k + 1 < c.node_cut.size(); ++k) {
+    const int64_t n0 = c.node_cut[k], n1 = c.node_cut[k + 1];
+    const int64_t e0 = c.edge_cut[k], e1 = c.edge_cut[k + 1];
+    const Tensor w = rows(c.radial, e0, e1).mm(radial_weight);
+    rows(out, n0, n1).copy_(op.call(x, rows(c.edge_attr, e0, e1), w, rows(c.src, e0, e1),
+                                    rows(c.dst, e0, e1) - n0, n1 - n0, paths, cg_index,
+                                    cg_value, dim_out));
+  }
+  return out;
+}
+
+Tensor4 conv_radial_backward(const Tensor& grad_out, const Tensor& x, const Tensor& edge_attr,
+                             const Tensor& radial, const Tensor& radial_weight, const Tensor& src,
+                             const Tensor& dst, const Tensor& paths, const Tensor& cg_index,
+                             const Tensor& cg_value, std::array<bool, 4> mask) {
+  static const auto op = handle<ConvBackwardSig>("fastcg::conv_backward");
+  check_radial(x, edge_attr, radial, radial_weight, dst);
+  TORCH_CHECK(grad_out.dim() == 2, "conv_radial_backward: grad_out must be [num_nodes, dim_out]");
+  const Chunks c = plan(edge_attr, radial, src, dst, grad_out.size(0), radial_weight.size(1));
+  const Tensor g = grad_out.contiguous();
+  Tensor gx = mask[0] ? at::zeros_like(x) : at::empty({0}, x.options());
+  Tensor gy = mask[1] ? at::empty_like(c.edge_attr) : at::empty({0}, x.options());
+  Tensor gh = mask[2] ? at::empty_like(c.radial) : at::empty({0}, x.options());
+  Tensor gW = mask[3] ? at::zeros_like(radial_weight) : at::empty({0}, x.options());
+  const std::array<bool, 3> inner = {mask[0], mask[1], mask[2] || mask[3]};
+  if (inner[0] || inner[1] || inner[2]) {
+    const Tensor wT = radial_weight.t();
+    for (size_t k = 0; k + 1 < c.node_cut.size(); ++k) {
+      const int64_t n0 = c.node_cut[k], n1 = c.node_cut[k + 1];
+      const int64_t e0 = c.edge_cut[k], e1 = c.edge_cut[k + 1];
+      const Tensor h = rows(c.radial, e0, e1);
+      const Tensor w = h.mm(radial_weight);
+      const auto [gx_k, gy_k, gw_k] =
+          op.call(rows(g, n0, n1), x, rows(c.edge_attr, e0, e1), w, rows(c.src, e0, e1),
+                  rows(c.dst, e0, e1) - n0, paths, cg_index, cg_value, inner);
+      if (mask[0]) gx.add_(gx_k);
+      if (mask[1]) rows(gy, e0, e1).copy_(gy_k);
+      if (mask[2]) {
+        Tensor dst_rows = rows(gh, e0, e1);
+        at::mm_out(dst_rows, gw_k, wT);
+      }
+      if (mask[3]) gW.addmm_(h.t(), gw_k);
+    }
+  }
+  if (mask[1]) gy = unpermute(gy, c.perm);
+  if (mask[2]) gh = unpermute(gh, c.perm);
+  return {gx, gy, gh, gW};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastcg, CPU, m) {
+  m.impl("conv_radial", &conv_radial);
+  m.impl("conv_radial_backward", &conv_radial_backward);
+}
+
+TORCH_LIBRARY_IMPL(fastcg, CUDA, m) {
+  m.impl("conv_radial", &conv_radial);
+  m.impl("conv_radial_backward", &conv_radial_backward);
+}
