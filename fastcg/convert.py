@@ -7,9 +7,13 @@ same state_dict). When mace-torch is installed, each MACE interaction's
 ``fastcg`` conv: the block's ``conv_tp`` is replaced by :class:`MaceConv` and the block is marked
 with ``conv_fusion = "fastcg"``, which routes mace-torch's own forward through
 ``conv_tp(node_feats, edge_attrs, tp_weights, edge_index)`` (the hook mace-torch has for
-cuequivariance / OpenEquivariance fusion). Its linears are converted too; its skip tensor
-product with the one-hot species becomes :class:`fastcg.nn.SpeciesLinear` (one weight set per
-species: the same numbers, a factor num_species fewer operations), and every mace-torch
+cuequivariance / OpenEquivariance fusion), and the last, linear layer of its radial MLP
+(``conv_tp_weights``) moves into that conv (:func:`fastcg.ops.conv_radial`: the ``[E, 1280]``
+per-edge weights of a 128-channel MACE are never formed; ``conv_tp_weights`` then returns its
+last hidden layer, which mace-torch's cutoff factor scales just as well). Its linears are
+converted too; its skip tensor product with the one-hot species becomes
+:class:`fastcg.nn.SpeciesLinear` (one weight set per species: the same numbers, a factor
+num_species fewer operations), and every mace-torch
 ``SymmetricContraction`` (the product basis) becomes :class:`fastcg.nn.SymmetricContraction`.
 Both keep mace-torch's parameter and buffer names, so state_dicts are interchangeable.
 """
@@ -27,14 +31,30 @@ import fastcg.nn as fnn
 
 class MaceConv(fnn.TensorProductConv):
     """mace-torch's fused-conv call, ``conv_tp(node_feats, edge_attrs, tp_weights, edge_index)``
-    with ``edge_index = [sender, receiver]``, on the fastcg conv op."""
+    with ``edge_index = [sender, receiver]``, on the fastcg conv op.
+
+    After :meth:`fuse_radial`, ``tp_weights`` is the radial MLP's last hidden layer and the
+    conv applies the MLP's last linear layer itself (:func:`fastcg.ops.conv_radial`).
+    """
+
+    def fuse_radial(self, net: fnn.FullyConnectedNet) -> None:
+        """Take over ``net``'s last layer (``net`` then returns its last hidden layer)."""
+        layer = net.defer_last()
+        # A plain reference, not a submodule: the parameter keeps its one name in the net
+        # (mace-torch state_dicts load unchanged) and .to() / .double() reach it there.
+        object.__setattr__(self, "_radial_layer", layer)
 
     def forward(  # type: ignore[override]
         self, node_feats: Tensor, edge_attrs: Tensor, tp_weights: Tensor, edge_index: Tensor
     ) -> Tensor:
-        return super().forward(
-            node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], node_feats.shape[0]
-        )
+        n = node_feats.shape[0]
+        layer = self.__dict__.get("_radial_layer")
+        if layer is not None:
+            return self.forward_radial(
+                node_feats, edge_attrs, tp_weights, layer.matrix(), edge_index[0],
+                edge_index[1], n,
+            )  # fmt: skip
+        return super().forward(node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], n)
 
 
 def _mace_interaction_class() -> type | None:
@@ -103,7 +123,31 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
         out = copy.deepcopy(model)
     _convert_mace_interactions(out)
     _convert_symmetric_contractions(out)
-    return fnn.convert(out)
+    out = fnn.convert(out)
+    _fuse_mace_radial(out)
+    return out
+
+
+def _fuse_mace_radial(model: torch.nn.Module) -> int:
+    """Fold each converted MACE interaction's radial MLP's last layer into its conv (the
+    per-edge weights, MACE's largest tensors, are then never formed); count the blocks."""
+    block_cls = _mace_interaction_class()
+    count = 0
+    for module in model.modules() if block_cls is not None else ():
+        conv, net = getattr(module, "conv_tp", None), getattr(module, "conv_tp_weights", None)
+        if (
+            isinstance(module, block_cls)
+            and type(conv) is MaceConv
+            and isinstance(net, fnn.FullyConnectedNet)
+            and not conv.shared_weights
+            and "_radial_layer" not in conv.__dict__
+        ):
+            try:
+                conv.fuse_radial(net)
+            except ValueError:  # an activated last layer: the weights stay whole
+                continue
+            count += 1
+    return count
 
 
 class MaceTorchModel(torch.nn.Module):

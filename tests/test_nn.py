@@ -546,3 +546,18 @@ def test_e3nn_jit_compile_scripts_fastcg_modules():
         compiled = e3nn_compile(model)
     assert all(isinstance(m, torch.jit.ScriptModule) for m in compiled)
     assert_close(compiled[1](compiled[0](x)[:, 2:5]), want)
+
+
+def test_linear_silu_saves_less_and_differentiates_twice():
+    from fastcg.nn.fc import _LinearSiLU
+
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_LinearSiLU.apply, (x, w))
+    assert torch.autograd.gradgradcheck(_LinearSiLU.apply, (x, w))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append(t.shape) or t, lambda t: t
+    ):
+        _LinearSiLU.apply(x, w)
+    assert saved == [x.shape, w.shape]  # not the [6, 3] pre-activation

@@ -25,19 +25,62 @@ _ACTIVATIONS: dict[Callable, Callable[[], torch.nn.Module]] = {
 }
 
 
+class _LinearSiLU(torch.autograd.Function):
+    """``silu(x @ w)`` that saves only ``x`` and ``w``: the backward recomputes ``x @ w`` (a
+    [E, 64] x [64, 64] matmul) instead of autograd keeping the [E, hidden] pre-activation as
+    well, half of what a radial MLP keeps for the backward. The backward is made of
+    differentiable ops, so double backward (training on forces) works."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w)
+        return torch.nn.functional.silu(x @ w)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, w = ctx.saved_tensors
+        z = x @ w
+        if torch.is_grad_enabled():  # create_graph: differentiable ops (double backward)
+            s = torch.sigmoid(z)
+            dz = g * (s * (1 + z * (1 - s)))  # silu'(z) = s + z s (1 - s)
+        else:  # one fused kernel (aten's silu_backward has no derivative of its own)
+            dz = torch.ops.aten.silu_backward(g, z)
+        gx = dz @ w.t() if ctx.needs_input_grad[0] else None
+        gw = x.t() @ dz if ctx.needs_input_grad[1] else None
+        return gx, gw
+
+
+@torch.jit.unused
+def _linear_silu(x: Tensor, w: Tensor) -> Tensor:
+    return _LinearSiLU.apply(x, w)
+
+
 class _Layer(torch.nn.Module):
     """``act(x @ (weight * scale)) * post``: ``weight`` is e3nn's parameter (same name, shape)."""
 
     scale: float
     post: float
+    deferred: bool
+    silu: bool
 
     def __init__(self, h_in: int, h_out: int, act: torch.nn.Module, scale: float) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.randn(h_in, h_out))
         self.act, self.scale, self.post = act, float(scale), 1.0
+        self.deferred = False  # applied by a fused op instead (FullyConnectedNet.defer_last)
+        self.silu = isinstance(act, torch.nn.SiLU)
+
+    def matrix(self) -> Tensor:
+        """The matrix this (linear) layer multiplies by: ``weight * scale``."""
+        return self.weight * self.scale
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(x @ (self.weight * self.scale))
+        if self.deferred:
+            return x
+        if self.silu and not torch.jit.is_scripting():
+            x = _linear_silu(x, self.weight * self.scale)
+        else:
+            x = self.act(x @ (self.weight * self.scale))
         return x * self.post if self.post != 1.0 else x
 
 
@@ -76,6 +119,17 @@ class FullyConnectedNet(torch.nn.Sequential):
             self.add_module(f"layer{i}", layer)
             var_in = var_out
         layer.post = carry  # an activated last layer has no next weight to take its factor
+
+    def defer_last(self) -> _Layer:
+        """From now on return the last hidden layer and leave the last, linear layer (returned)
+        to the op that consumes the output: :func:`fastcg.ops.conv_radial` applies it per chunk
+        of edges, so the ``[E, weight_numel]`` output is never formed. The parameter stays
+        where it is (same ``state_dict``)."""
+        layer = self[len(self) - 1]
+        if not isinstance(layer.act, torch.nn.Identity) or layer.post != 1.0:
+            raise ValueError("only a net whose last layer is linear can defer it")
+        layer.deferred = True
+        return layer
 
     @classmethod
     def from_e3nn(cls, module: torch.nn.Module) -> "FullyConnectedNet":
