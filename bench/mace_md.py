@@ -106,8 +106,8 @@ def main() -> int:
     a, b = results["fastcg"], results["e3nn"]
     print(
         f"speed-up {b['seconds_median'] / a['seconds_median']:.2f}x, "
-        f"memory {a['peak_rss_gb'] / b['peak_rss_gb']:.2f} of e3nn's peak RSS, "
-        f"{a['call_gb'] / b['call_gb']:.2f} of what its calls need, "
+        f"memory {a['peak_rss_gb'] / b['peak_rss_gb']:.3f} of e3nn's peak RSS, "
+        f"{a['call_gb'] / b['call_gb']:.3f} of what its calls need, "
         f"max |dF| {np.abs(f - e).max():.2e} eV/A (max |F| {np.abs(e).max():.2e})"
     )
     return 0
