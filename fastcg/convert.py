@@ -18,15 +18,15 @@ num_species fewer operations), and every mace-torch
 Both keep mace-torch's parameter and buffer names, so state_dicts are interchangeable.
 """
 
-from __future__ import annotations
-
 import copy
 import warnings
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 import fastcg.nn as fnn
+from fastcg.ops import conv_tables
 
 
 class MaceConv(fnn.TensorProductConv):
@@ -37,24 +37,35 @@ class MaceConv(fnn.TensorProductConv):
     conv applies the MLP's last linear layer itself (:func:`fastcg.ops.conv_radial`).
     """
 
+    # class defaults: from_e3nn builds instances without __init__
+    _radial_weight: Optional[Tensor] = None  # noqa: UP045 (TorchScript reads this annotation)
+    _radial_scale: float = 1.0
+
     def fuse_radial(self, net: fnn.FullyConnectedNet) -> None:
         """Take over ``net``'s last layer (``net`` then returns its last hidden layer)."""
         layer = net.defer_last()
-        # A plain reference, not a submodule: the parameter keeps its one name in the net
-        # (mace-torch state_dicts load unchanged) and .to() / .double() reach it there.
-        object.__setattr__(self, "_radial_layer", layer)
+        # The same Parameter object, held as a plain attribute rather than registered: it keeps
+        # its one name in the net (mace-torch state_dicts load unchanged), .to() / .double() /
+        # optimizers update it in place, deepcopy and pickling keep the sharing, and TorchScript
+        # sees a Tensor attribute.
+        object.__setattr__(self, "_radial_weight", layer.weight)
+        self._radial_scale = layer.scale
 
     def forward(  # type: ignore[override]
         self, node_feats: Tensor, edge_attrs: Tensor, tp_weights: Tensor, edge_index: Tensor
     ) -> Tensor:
         n = node_feats.shape[0]
-        layer = self.__dict__.get("_radial_layer")
-        if layer is not None:
+        w = self._radial_weight
+        if w is not None:
             return self.forward_radial(
-                node_feats, edge_attrs, tp_weights, layer.matrix(), edge_index[0],
+                node_feats, edge_attrs, tp_weights, w * self._radial_scale, edge_index[0],
                 edge_index[1], n,
             )  # fmt: skip
-        return super().forward(node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], n)
+        return conv_tables(  # TensorProductConv.forward (TorchScript has no super())
+            node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], n, self._paths,
+            self._cg_index, self._cg_value, self._in1_dim, self._in2_dim, self._out_dim,
+            self.weight_numel,
+        )  # fmt: skip
 
 
 def _mace_interaction_class() -> type | None:
@@ -140,7 +151,7 @@ def _fuse_mace_radial(model: torch.nn.Module) -> int:
             and type(conv) is MaceConv
             and isinstance(net, fnn.FullyConnectedNet)
             and not conv.shared_weights
-            and "_radial_layer" not in conv.__dict__
+            and conv._radial_weight is None
         ):
             try:
                 conv.fuse_radial(net)

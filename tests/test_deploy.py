@@ -17,8 +17,8 @@ import fastcg.nn as fnn
 from fastcg.models import conv_instructions
 from fastcg.ops import scatter_sum, symmetric_contraction, symmetric_contraction_descriptor
 
-FORWARD_OPS = ("spherical_harmonics", "tensor_product", "conv", "scatter_sum", "linear",
-               "symmetric_contraction")  # fmt: skip
+FORWARD_OPS = ("spherical_harmonics", "tensor_product", "conv", "conv_radial", "scatter_sum",
+               "linear", "symmetric_contraction")  # fmt: skip
 SH = "1x0e+1x1o+1x2e"
 
 

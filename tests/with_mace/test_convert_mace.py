@@ -64,7 +64,7 @@ def test_convert_replaces_modules_and_keeps_parameters(interaction):
         # the radial MLP's last layer runs inside the conv (the [E, wn] weights never exist)
         assert isinstance(block.conv_tp_weights, fnn.FullyConnectedNet)
         last = block.conv_tp_weights[len(block.conv_tp_weights) - 1]
-        assert last.deferred and block.conv_tp.__dict__["_radial_layer"] is last
+        assert last.deferred and block.conv_tp._radial_weight is last.weight
     for product in fast.products:
         assert isinstance(product.symmetric_contractions, fnn.SymmetricContraction)
     assert isinstance(fast.spherical_harmonics, fnn.SphericalHarmonics)
@@ -123,25 +123,61 @@ def test_calculator_periodic_stress_matches_mace():
 
 def test_mace_own_forward_and_forces():
     # mace-torch's own forward (data dict, compute_force=True) on the converted model
+    model = mace_model(INTERACTIONS[0])
+    fast = convert(model)
+    data = _mace_batch()
+    outs = []
+    for m in (model, fast):
+        d = {k: v.clone() if torch.is_tensor(v) else v for k, v in data.items()}
+        outs.append(m(d, compute_force=True))
+    assert abs(float(outs[0]["energy"] - outs[1]["energy"])) < 1e-10
+    assert float((outs[0]["forces"] - outs[1]["forces"]).abs().max()) < 1e-9
+
+
+def _mace_batch(dtype=torch.float64):
     from mace.data import AtomicData, config_from_atoms
     from mace.tools import AtomicNumberTable, torch_geometric
 
-    model = mace_model(INTERACTIONS[0])
-    fast = convert(model)
     atoms = molecule("CH3OH")
     data = AtomicData.from_config(config_from_atoms(atoms), z_table=AtomicNumberTable([1, 6, 8]),
                                   cutoff=3.5)  # fmt: skip
     batch = next(iter(torch_geometric.dataloader.DataLoader([data], batch_size=1)))
-    outs = []
-    for m in (model, fast):
-        d = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.to_dict().items()}
-        d["positions"] = d["positions"].to(torch.float64)
-        d["shifts"] = d["shifts"].to(torch.float64)
-        d["cell"] = d["cell"].to(torch.float64)
-        d["node_attrs"] = d["node_attrs"].to(torch.float64)
-        outs.append(m(d, compute_force=True))
-    assert abs(float(outs[0]["energy"] - outs[1]["energy"])) < 1e-10
-    assert float((outs[0]["forces"] - outs[1]["forces"]).abs().max()) < 1e-9
+    d = batch.to_dict()
+    for k in ("positions", "shifts", "cell", "node_attrs"):
+        d[k] = d[k].to(dtype)
+    return d
+
+
+def test_scripted_converted_model_runs_without_python_package(tmp_path):
+    """convert(mace) -> torch.jit.script -> a process with torch and the library only (LAMMPS's
+    way): mace-torch's energies and forces."""
+    import subprocess
+    import sys
+    import textwrap
+
+    model = mace_model(INTERACTIONS[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(convert(model))
+    scripted.save(str(tmp_path / "model.pt"))
+    data = _mace_batch()
+    ref = model({k: v.clone() for k, v in data.items()}, compute_force=True)
+    torch.save((data, ref["energy"].detach(), ref["forces"].detach()), tmp_path / "io.pt")
+    code = f"""
+        import sys, torch
+        torch.ops.load_library({fastcg.library_path()!r})
+        m = torch.jit.load({str(tmp_path / "model.pt")!r})
+        data, e_ref, f_ref = torch.load({str(tmp_path / "io.pt")!r})
+        assert not any(k in sys.modules for k in ("fastcg", "e3nn", "mace"))
+        out = m(data, compute_force=True)
+        de, df = (out[k] - r for k, r in (("energy", e_ref), ("forces", f_ref)))
+        print(float(de.abs().max()), float(df.abs().max()))
+    """
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    de, df = map(float, run.stdout.split())
+    assert de < 1e-10 and df < 1e-9
 
 
 def test_parameter_gradients_match_mace():
