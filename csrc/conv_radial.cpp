@@ -39,6 +39,16 @@ struct Chunks {
   Tensor src, dst, edge_attr, radial;  // in destination order
   Tensor perm;                         // undefined when the edges already were in that order
   std::vector<int64_t> node_cut{0}, edge_cut{0};  // chunk k: [cut[k], cut[k + 1])
+  int64_t max_edges = 0;                          // of one chunk
+
+  // The chunk's weights radial[e0:e1] @ W, in one buffer reused by every chunk: a fresh
+  // multi-MB tensor per chunk would be a fresh mmap (page faults) until glibc adapts.
+  Tensor weights(int64_t e0, int64_t e1, const Tensor& W, Tensor& buf) const {
+    if (!buf.defined()) buf = at::empty({max_edges, W.size(1)}, W.options());
+    Tensor w = buf.slice(0, 0, e1 - e0);
+    at::mm_out(w, radial.slice(0, e0, e1), W);
+    return w;
+  }
 };
 
 void check_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial,
@@ -81,6 +91,7 @@ Chunks plan(const Tensor& edge_attr, const Tensor& radial, const Tensor& src, co
   for (int64_t n = 0; n < num_nodes; ++n) {
     e += cnt[n];
     if (e - c.edge_cut.back() >= target || n + 1 == num_nodes) {
+      c.max_edges = std::max(c.max_edges, e - c.edge_cut.back());
       c.node_cut.push_back(n + 1);
       c.edge_cut.push_back(e);
     }
@@ -114,10 +125,11 @@ Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radia
   check_radial(x, edge_attr, radial, radial_weight, dst);
   const Chunks c = plan(edge_attr, radial, src, dst, num_nodes, radial_weight.size(1));
   auto out = at::empty({num_nodes, dim_out}, x.options());
+  Tensor buf;
   for (size_t k = 0; k + 1 < c.node_cut.size(); ++k) {
     const int64_t n0 = c.node_cut[k], n1 = c.node_cut[k + 1];
     const int64_t e0 = c.edge_cut[k], e1 = c.edge_cut[k + 1];
-    const Tensor w = rows(c.radial, e0, e1).mm(radial_weight);
+    const Tensor w = c.weights(e0, e1, radial_weight, buf);
     rows(out, n0, n1).copy_(op.call(x, rows(c.edge_attr, e0, e1), w, rows(c.src, e0, e1),
                                     rows(c.dst, e0, e1) - n0, n1 - n0, paths, cg_index,
                                     cg_value, dim_out));
@@ -141,11 +153,12 @@ Tensor4 conv_radial_backward(const Tensor& grad_out, const Tensor& x, const Tens
   const std::array<bool, 3> inner = {mask[0], mask[1], mask[2] || mask[3]};
   if (inner[0] || inner[1] || inner[2]) {
     const Tensor wT = radial_weight.t();
+    Tensor buf;
     for (size_t k = 0; k + 1 < c.node_cut.size(); ++k) {
       const int64_t n0 = c.node_cut[k], n1 = c.node_cut[k + 1];
       const int64_t e0 = c.edge_cut[k], e1 = c.edge_cut[k + 1];
       const Tensor h = rows(c.radial, e0, e1);
-      const Tensor w = h.mm(radial_weight);
+      const Tensor w = c.weights(e0, e1, radial_weight, buf);
       const auto [gx_k, gy_k, gw_k] =
           op.call(rows(g, n0, n1), x, rows(c.edge_attr, e0, e1), w, rows(c.src, e0, e1),
                   rows(c.dst, e0, e1) - n0, paths, cg_index, cg_value, inner);
