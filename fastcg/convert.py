@@ -195,5 +195,6 @@ class MaceTorchModel(torch.nn.Module):
             "batch": torch.zeros(n, dtype=torch.long, device=positions.device),
             "ptr": torch.tensor([0, n], dtype=torch.long, device=positions.device),
         }
-        out = self.model(data, training=self.training, compute_force=False)
-        return out["energy"].sum()
+        energy = self.model(data, training=self.training, compute_force=False)["energy"]
+        assert energy is not None  # mace-torch types its outputs Optional (TorchScript)
+        return energy.sum()

@@ -180,6 +180,22 @@ def test_scripted_converted_model_runs_without_python_package(tmp_path):
     assert de < 1e-10 and df < 1e-9
 
 
+def test_scripted_fastcg_interface_in_the_calculator():
+    """MaceTorchModel(convert(model)) scripts; FastCGCalculator runs the scripted model."""
+    model = mace_model(INTERACTIONS[0], zs=(29,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(MaceTorchModel(convert(model)))
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    out = []
+    for m, kw in ((model, {}), (scripted, {"cutoff": 3.5})):
+        atoms.calc = FastCGCalculator(m, **kw)
+        out.append((atoms.get_potential_energy(), atoms.get_forces()))
+    assert abs(out[0][0] - out[1][0]) < 1e-10 * max(1.0, abs(out[0][0]))
+    assert np.abs(out[0][1] - out[1][1]).max() < 1e-9
+
+
 def test_parameter_gradients_match_mace():
     """Training a converted model updates mace-torch's parameters by the same gradients."""
     model = mace_model(INTERACTIONS[0])
