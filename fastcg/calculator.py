@@ -52,6 +52,7 @@ def neighbour_list(
     ``r_ij = pos[src] - pos[dst] + unit_shifts @ cell`` is shorter than ``cutoff``.
 
     vesin computes it (15 ms for 864 Cu atoms, 5 A cutoff); without vesin ASE's slower one does.
+    Edges come sorted by ``dst`` (stable).
     """
     periodic = [bool(p) for p in pbc]
     try:
@@ -67,8 +68,11 @@ def neighbour_list(
             points=positions, box=box, periodic=periodic if any(periodic) else False,
             quantities="ijS",
         )  # fmt: skip
-    # both give the vector pos[j] - pos[i] + S @ cell: j sends (src), i receives (dst)
-    return j.astype(np.int64), i.astype(np.int64), s.astype(np.int64)
+    # both give the vector pos[j] - pos[i] + S @ cell: j sends (src), i receives (dst). Sorted
+    # by receiver: the convs then group edges without a permuted copy of every per-edge tensor
+    # (conv_radial: 22 MB per MACE interaction at 37k edges) and sum in a reproducible order.
+    order = np.argsort(i, kind="stable")
+    return j[order].astype(np.int64), i[order].astype(np.int64), s[order].astype(np.int64)
 
 
 class FastCGCalculator(Calculator):
@@ -111,9 +115,14 @@ class FastCGCalculator(Calculator):
         shifts = self._tensor(unit) @ cell_s
         numbers = torch.as_tensor(atoms.numbers, dtype=torch.long, device=self.device)
         index = [torch.as_tensor(a, device=self.device) for a in (src, dst)]
-        energy = self.model(pos_s, numbers, index[0], index[1], shifts, cell_s)
-        inputs = [pos, strain] if want_stress else [pos]
-        grads = torch.autograd.grad(energy, inputs, allow_unused=True)
+        # A TorchScript model runs without the graph executor's optimisations: they fuse nothing
+        # around fastcg's ops, and on the 864-atom MACE (scripted, converted) they made each call
+        # 0.82 s instead of 0.49 s and its memory 0.50 GB instead of 0.31 GB
+        scripted = isinstance(self.model, torch.jit.ScriptModule)
+        with torch.jit.optimized_execution(not scripted):
+            energy = self.model(pos_s, numbers, index[0], index[1], shifts, cell_s)
+            inputs = [pos, strain] if want_stress else [pos]
+            grads = torch.autograd.grad(energy, inputs, allow_unused=True)
         e = float(energy.detach())
         forces = -grads[0] if grads[0] is not None else torch.zeros_like(pos)
         self.results = {

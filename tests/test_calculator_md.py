@@ -127,3 +127,17 @@ def test_md_job_reads_a_structure_file(tmp_path, capsys):
             "--no-progress", "--plot", ""]  # fmt: skip
     assert main(argv) == 0
     assert "3 atoms" in capsys.readouterr().out
+
+
+def test_neighbour_list_is_sorted_by_receiver_and_complete():
+    from ase.neighborlist import primitive_neighbor_list
+
+    from fastcg.calculator import neighbour_list
+
+    atoms = copper()
+    src, dst, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 3.0)
+    assert (np.diff(dst) >= 0).all()
+    i, j, s = primitive_neighbor_list("ijS", atoms.pbc, atoms.cell.array, atoms.positions, 3.0)
+    ours = sorted(zip(src.tolist(), dst.tolist(), map(tuple, shifts.tolist())))
+    theirs = sorted(zip(j.tolist(), i.tolist(), map(tuple, s.tolist())))
+    assert ours == theirs
