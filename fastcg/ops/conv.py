@@ -145,6 +145,23 @@ def sort_edges(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return src[perm], dst[perm], perm
 
 
+def _fwd_bwd(
+    ops, g: Tensor, src: Tensor, dst: Tensor, paths: Tensor, cg_index: Tensor, cg_value: Tensor
+) -> tuple:
+    """The conv and its backward with the saved grad_out g bound, as ``double_backward`` takes
+    them (``weighted``: the weighted paths only)."""
+
+    def fwd(a, b, c, weighted):
+        p = weighted_paths(paths) if weighted else paths
+        return ops.conv(a, b, c, src, dst, g.shape[0], p, cg_index, cg_value, g.shape[1])
+
+    def bwd(a, b, c, mask, weighted):
+        p = weighted_paths(paths) if weighted else paths
+        return ops.conv_backward(g, a, b, c, src, dst, p, cg_index, cg_value, mask)
+
+    return fwd, bwd
+
+
 def register(ns: str) -> None:
     """Fake kernels and autograd for ``{ns}::conv`` and its backward."""
     ops = getattr(torch.ops, ns)
@@ -174,17 +191,7 @@ def register(ns: str) -> None:
 
     def backward_backward(ctx, ggx, ggy, ggw):
         g, x, y, w, src, dst, *tables = ctx.saved_tensors
-
-        paths, cg_index, cg_value = tables
-
-        def fwd(a, b, c, weighted):
-            p = weighted_paths(paths) if weighted else paths
-            return ops.conv(a, b, c, src, dst, g.shape[0], p, cg_index, cg_value, g.shape[1])
-
-        def bwd(a, b, c, mask, weighted):
-            p = weighted_paths(paths) if weighted else paths
-            return ops.conv_backward(g, a, b, c, src, dst, p, cg_index, cg_value, mask)
-
+        fwd, bwd = _fwd_bwd(ops, g, src, dst, *tables)
         gg = present((ggx, ggy, ggw), ctx.mask)
         grads = double_backward(x, y, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
         return *grads, *([None] * 6)
@@ -234,15 +241,7 @@ def register_radial(ns: str) -> None:
         n_g, n_x, n_y, n_h, n_W = ctx.needs_input_grad[:5]
         ggx, ggy, ggh, ggW = present((ggx, ggy, ggh, ggW), ctx.mask)
         w = h @ W
-
-        def fwd(a, b, c, weighted):
-            p = weighted_paths(paths) if weighted else paths
-            return ops.conv(a, b, c, src, dst, g.shape[0], p, cg_index, cg_value, g.shape[1])
-
-        def bwd(a, b, c, mask, weighted):
-            p = weighted_paths(paths) if weighted else paths
-            return ops.conv_backward(g, a, b, c, src, dst, p, cg_index, cg_value, mask)
-
+        fwd, bwd = _fwd_bwd(ops, g, src, dst, paths, cg_index, cg_value)
         ggw = None
         if ggh is not None:
             ggw = ggh @ W
