@@ -226,3 +226,18 @@ def test_ddp_two_processes_energy_and_force_training_step(tmp_path):
     for rank, grad_error, param_diff in records:
         assert float(grad_error) < 1e-10, rank  # DDP's averaged gradient = single-process mean
         assert float(param_diff) == 0.0, rank  # both ranks hold the same parameters
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("act", ["silu", "ssp"])
+def test_mlp_split_is_the_mlp_times_the_scale(bias, act):
+    """The models' radial weights go to conv_radial as (radial, matrix); the e3nn twins use the
+    same split, so it is checked here against the MLP itself."""
+    from fastcg.models.radial import MLP
+
+    mlp = MLP([6, 16, 16, 9], act=act, bias=bias).double()
+    x = torch.randn(11, 6, dtype=torch.float64)
+    scale = torch.rand(11, 1, dtype=torch.float64)
+    radial, matrix = mlp.split(x, scale)
+    assert radial.shape == (11, 16 + bias) and matrix.shape == (16 + bias, 9)
+    torch.testing.assert_close(radial @ matrix, mlp(x) * scale, rtol=1e-12, atol=1e-12)

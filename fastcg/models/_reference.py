@@ -45,6 +45,12 @@ def _e3nn_conv_class() -> type:
             msg = super().forward(x[src], edge_attr, weight)
             return msg.new_zeros(num_nodes, msg.shape[-1]).index_add(0, dst, msg)
 
+        def forward_radial(
+            self, x: Tensor, edge_attr: Tensor, radial: Tensor, radial_weight: Tensor,
+            src: Tensor, dst: Tensor, num_nodes: int,
+        ) -> Tensor:  # fmt: skip
+            return self.forward(x, edge_attr, radial @ radial_weight, src, dst, num_nodes)
+
     return E3nnConv
 
 

@@ -54,8 +54,9 @@ class MACEInteraction(torch.nn.Module):
         dst: Tensor,
     ) -> Tensor:  # fmt: skip
         sc = self.skip_tp(h, attrs)
-        w = self.radial(radial) * envelope  # zero at the cutoff: smooth energy
-        m = self.conv(self.linear_up(h), sh, w, src, dst, h.shape[0])
+        # weights radial(r) * envelope (zero at the cutoff: smooth energy), never formed whole
+        r, w = self.radial.split(radial, envelope)
+        m = self.conv.forward_radial(self.linear_up(h), sh, r, w, src, dst, h.shape[0])
         a = self.linear(m) / self.avg_num_neighbors
         x = a.index_select(1, self._channel_major).view(a.shape[0], self.num_channels, -1)
         b = self.product(x, attrs)

@@ -47,8 +47,9 @@ class NequIPLayer(torch.nn.Module):
         self, h: Tensor, attrs: Tensor, sh: Tensor, radial: Tensor, envelope: Tensor, src: Tensor,
         dst: Tensor,
     ) -> Tensor:  # fmt: skip
-        w = self.radial(radial) * envelope  # zero at the cutoff: smooth energy
-        m = self.conv(self.linear_1(h), sh, w, src, dst, h.shape[0])
+        # weights radial(r) * envelope (zero at the cutoff: smooth energy), never formed whole
+        r, w = self.radial.split(radial, envelope)
+        m = self.conv.forward_radial(self.linear_1(h), sh, r, w, src, dst, h.shape[0])
         x = self.linear_2(m) / self.avg_num_neighbors + self.self_connection(h, attrs)
         return self.gate(x)
 

@@ -99,3 +99,19 @@ class MLP(torch.nn.Sequential):
             if i < len(sizes) - 2:
                 layers.append(ShiftedSoftplus() if act == "ssp" else torch.nn.SiLU())
         super().__init__(*layers)
+
+    def split(self, x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """``(radial, matrix)`` with ``radial @ matrix == self(x) * scale`` (``scale`` [E, 1]):
+        the last hidden layer with a column of ones for the bias, times ``scale``, and the last
+        layer's ``[W^T; b]``, for :func:`fastcg.ops.conv_radial` (the output is never formed)."""
+        n = len(self)
+        for i, layer in enumerate(self):
+            if i < n - 1:
+                x = layer(x)
+        last = self[-1]
+        matrix = last.weight.t()
+        bias = last.bias
+        if bias is not None:
+            x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+            matrix = torch.cat([matrix, bias.unsqueeze(0)], dim=0)
+        return x * scale, matrix
