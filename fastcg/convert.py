@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 import fastcg.nn as fnn
-from fastcg.ops import conv_tables
 
 
 class MaceConv(fnn.TensorProductConv):
@@ -61,11 +60,7 @@ class MaceConv(fnn.TensorProductConv):
                 node_feats, edge_attrs, tp_weights, w * self._radial_scale, edge_index[0],
                 edge_index[1], n,
             )  # fmt: skip
-        return conv_tables(  # TensorProductConv.forward (TorchScript has no super())
-            node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], n, self._paths,
-            self._cg_index, self._cg_value, self._in1_dim, self._in2_dim, self._out_dim,
-            self.weight_numel,
-        )  # fmt: skip
+        return self._forward(node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], n)
 
 
 def _mace_interaction_class() -> type | None:

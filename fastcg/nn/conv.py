@@ -44,6 +44,13 @@ class TensorProductConv(TensorProduct):
         num_nodes: int,
     ) -> Tensor:  # fmt: skip
         """Messages ``TP(x[src], edge_attr, weight)`` summed into their ``dst`` nodes."""
+        return self._forward(x, edge_attr, weight, src, dst, num_nodes)
+
+    def _forward(
+        self, x: Tensor, edge_attr: Tensor, weight: Tensor | None, src: Tensor, dst: Tensor,
+        num_nodes: int,
+    ) -> Tensor:  # fmt: skip
+        # forward's body, for subclasses with other forward signatures (TorchScript: no super())
         w = self._get_weights(weight)
         if w is not None and not self.shared_weights and w.dim() != 2:
             raise ValueError(f"weight must have shape [num_edges, {self.weight_numel}]")

@@ -78,9 +78,9 @@ class _Layer(torch.nn.Module):
         if self.deferred:
             return x
         if self.silu and not torch.jit.is_scripting():
-            x = _linear_silu(x, self.weight * self.scale)
+            x = _linear_silu(x, self.matrix())
         else:
-            x = self.act(x @ (self.weight * self.scale))
+            x = self.act(x @ self.matrix())
         return x * self.post if self.post != 1.0 else x
 
 

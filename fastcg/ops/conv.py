@@ -8,7 +8,7 @@ from ..backend import namespace
 from ..descriptor import TPDescriptor
 from ._autograd import register_forward_autograd
 from ._checks import check_dims, check_float, check_index, check_last_dim, check_same, check_weights
-from ._trilinear import double_backward, present, weighted_paths
+from ._trilinear import _add, double_backward, present, weighted_paths
 
 
 def _check_graph(
@@ -246,7 +246,7 @@ def register_radial(ns: str) -> None:
         if ggh is not None:
             ggw = ggh @ W
         if ggW is not None:
-            ggw = h @ ggW if ggw is None else ggw + h @ ggW
+            ggw = _add(ggw, h @ ggW)
         needs = (n_g, n_x, n_y, n_h or n_W)
         d_g, d_x, d_y, d_w = double_backward(x, y, w, (ggx, ggy, ggw), needs, fwd, bwd)
         d_h = d_W = None
@@ -256,9 +256,9 @@ def register_radial(ns: str) -> None:
         if (n_h and ggW is not None) or (n_W and ggh is not None):
             gw = bwd(x, y, w, [False, False, True], False)[2]  # the backward's weight gradient
             if n_h and ggW is not None:
-                d_h = gw @ ggW.t() if d_h is None else d_h + gw @ ggW.t()
+                d_h = _add(d_h, gw @ ggW.t())
             if n_W and ggh is not None:
-                d_W = ggh.t() @ gw if d_W is None else d_W + ggh.t() @ gw
+                d_W = _add(d_W, ggh.t() @ gw)
         return d_g, d_x, d_y, d_h, d_W, *([None] * 6)
 
     register_forward_autograd(f"{ns}::conv_radial", backward, setup_context=setup)
