@@ -4,18 +4,36 @@
 (on CPU tensors only under ``TRITON_INTERPRET=1``); ``cuda`` the CUDA C++ kernels. ``None`` (the
 default) picks C++ for CPU tensors and, per op, Triton, then CUDA C++, then the reference for
 CUDA tensors (an op lacking a kernel in one backend falls through to the next).
+
+The choice made by ``use_backend`` is per thread: a ``with`` block in one thread never changes
+what another thread runs, and a new thread starts with the automatic choice (or
+``FASTCG_BACKEND``), like a fresh process.
 """
 
 import contextlib
 import functools
 import importlib
 import os
+import threading
 from collections.abc import Iterator
 
 import torch
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
-_forced: list[str] = []  # stack of use_backend() contexts
+
+
+class _Forced(threading.local):
+    """This thread's stack of ``use_backend`` contexts (threading.local: one per thread).
+
+    torch.compile traces and guards on it like a module global: a compiled function recompiles
+    when the backend it was traced under changes.
+    """
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+
+
+_forced = _Forced()
 
 
 def _check(name: str) -> str:
@@ -25,25 +43,33 @@ def _check(name: str) -> str:
 
 
 def get_backend() -> str | None:
-    """The backend forced by ``use_backend`` or ``FASTCG_BACKEND``; None means automatic."""
-    if _forced:
-        return _forced[-1]
+    """The backend forced in this thread by ``use_backend``, else by ``FASTCG_BACKEND``; None
+    means automatic.
+
+    >>> with use_backend("reference"):
+    ...     get_backend()
+    'reference'
+    """
+    stack = _forced.stack
+    if stack:
+        return stack[-1]
     env = os.environ.get("FASTCG_BACKEND")
     return _check(env) if env else None
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force a backend inside a ``with`` block.
+    """Force a backend inside a ``with`` block, in the calling thread only.
 
     >>> with use_backend("reference"):
     ...     pass
     """
-    _forced.append(_check(name))
+    stack = _forced.stack  # this thread's, even if the body hands work to other threads
+    stack.append(_check(name))
     try:
         yield
     finally:
-        _forced.pop()
+        stack.pop()
 
 
 @functools.cache

@@ -10,9 +10,13 @@ PNG of the energies against the step.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +24,13 @@ import torch
 import fastcg
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MODEL_NAMES = ("mace", "mace-torch", "nequip", "schnet")
+# The --max-ell each model is built for, checked before anything is built. MACE's product basis
+# (correlation 3) holds coupling tensors of (2l+1) x D^3 x K float64 values, D = (max_ell+1)^2:
+# 43 MB at max_ell 4, 218 MB at 5 (0.8 GB peak while built), about 22 GB at 9, which ran a
+# machine out of memory. mace-torch needs an l = 1 harmonic for its 1o hidden features.
+# NequIP's spherical harmonics run to l = 8. SchNet has no angular part (max_ell is unused).
+ELL_RANGE = {"mace": (0, 4), "mace-torch": (1, 4), "nequip": (0, 8), "schnet": (0, 8)}
 
 
 def build_structure(spec: str, seed: int):
@@ -71,6 +82,7 @@ def build_models(
     ``channels`` / ``max_ell`` size MACE and mace-torch (hidden ``C x 0e + C x 1o``, spherical
     harmonics to ``max_ell``), NequIP (features, lmax) and SchNet (features).
     """
+    check_model_size(name, channels, max_ell)
     from .models import MODELS
     from .models._reference import default_dtype, reference_twin
 
@@ -86,6 +98,29 @@ def build_models(
                   "schnet": {"num_features": channels}}[name]  # fmt: skip
         model = MODELS[name](atomic_numbers, **kwargs)
         return model, reference_twin(model), f"{name} e3nn twin"
+
+
+def check_model_size(name: str, channels: int, max_ell: int) -> None:
+    """Raise ValueError unless ``build_models(name, ..., channels, max_ell)`` is supported.
+
+    Pure arithmetic, so it runs before anything is built (see ``ELL_RANGE`` for the bounds).
+
+    >>> check_model_size("mace", 64, 9)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: max_ell for the mace model must be in [0, 4], got 9 (...)
+    """
+    if name not in ELL_RANGE:
+        raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}, got {name!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+    low, high = ELL_RANGE[name]
+    if isinstance(max_ell, bool) or not isinstance(max_ell, int) or not low <= max_ell <= high:
+        why = "the product basis's coupling tensors grow as (max_ell + 1)^6" if "mace" in name \
+            else "fastcg's spherical-harmonics kernels stop at l = 8"  # fmt: skip
+        raise ValueError(
+            f"max_ell for the {name} model must be in [{low}, {high}], got {max_ell!r} ({why})"
+        )
 
 
 def default_model() -> str:
@@ -143,11 +178,37 @@ def plot(path: str, runs: dict[str, dict], natoms: int) -> None:
     plt.close(fig)
 
 
+def _number(
+    kind: type, low: float, high: float | None = None, open_low: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type``: ``kind(text)`` in [low, high] (or (low, high]) and finite.
+
+    argparse reports a failure as ``argument --NAME: <message>``, naming the option.
+    """
+    bound = f"> {low}" if open_low else f">= {low}"
+    if high is not None:
+        bound = f"in {'(' if open_low else '['}{low}, {high}]"
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got {text!r}") from None
+        bad = not math.isfinite(value) or value < low or (open_low and value == low)
+        if bad or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastcg md", description=__doc__.splitlines()[0])
     p.add_argument(
         "--model",
-        choices=["mace", "mace-torch", "nequip", "schnet"],
+        choices=list(MODEL_NAMES),
         default=None,
         help="default: mace-torch when installed, else mace (fastcg's MACE-style)",
     )
@@ -156,10 +217,10 @@ def _parser() -> argparse.ArgumentParser:
         default="cu",
         help="'cu' (864 atoms), 'cu-small' (32 atoms) or a file ASE reads",
     )
-    p.add_argument("--steps", type=int, default=30, help="fastcg MD steps")
+    p.add_argument("--steps", type=_number(int, 1), default=30, help="fastcg MD steps (>= 1)")
     p.add_argument(
         "--reference-steps",
-        type=int,
+        type=_number(int, 0),
         default=None,
         help="reference MD steps (default: min(steps, 3); 0 skips the reference)",
     )
@@ -167,33 +228,133 @@ def _parser() -> argparse.ArgumentParser:
         "--backend",
         choices=["cpu", "reference", "triton", "cuda"],
         default=None,
-        help="fastcg backend (default: automatic)",
+        help="fastcg backend (default: automatic; the MD runs on the CPU)",
     )
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--timestep", type=float, default=1.0, help="fs")
-    p.add_argument("--temperature", type=float, default=300.0, help="initial K")
-    p.add_argument("--channels", type=int, default=64, help="model width (see build_models)")
-    p.add_argument("--max-ell", type=int, default=3, help="spherical harmonics degree")
+    p.add_argument(
+        "--threads", type=_number(int, 1), default=None, help="torch intra-op threads (>= 1)"
+    )
+    p.add_argument(
+        "--timestep", type=_number(float, 0, open_low=True), default=1.0, help="fs (> 0)"
+    )
+    p.add_argument("--temperature", type=_number(float, 0), default=300.0, help="initial K (>= 0)")
+    p.add_argument(
+        "--channels", type=_number(int, 1), default=64, help="model width (>= 1; see build_models)"
+    )
+    p.add_argument(
+        "--max-ell",
+        type=_number(int, 0),
+        default=3,
+        help="spherical harmonics degree; per model: "
+        + ", ".join(f"{m} {a}..{b}" for m, (a, b) in ELL_RANGE.items()),
+    )
     p.add_argument("--small", action="store_true", help="--channels 8 --max-ell 2 (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0)
     p.add_argument("--plot", default="fastcg_md.png", help="PNG path ('' for none)")
     p.add_argument("--no-progress", action="store_true")
     return p  # fmt: skip
 
 
+def _check_backend(p: argparse.ArgumentParser, backend: str | None) -> None:
+    """The backend (``--backend`` or ``FASTCG_BACKEND``) must run CPU tensors: the MD does."""
+    from .backend import namespace
+
+    name = "--backend" if backend else "FASTCG_BACKEND"
+    try:
+        chosen = backend or fastcg.get_backend()  # get_backend checks FASTCG_BACKEND's value
+    except ValueError as e:
+        p.error(f"argument {name}: {e}")
+    if chosen == "cuda":
+        p.error(f"argument {name}: the cuda backend runs CUDA tensors; fastcg md runs on the CPU")
+    if chosen == "triton":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            p.error(f"argument {name}: the triton backend runs CPU tensors only under "
+                    "TRITON_INTERPRET=1 (fastcg md runs on the CPU)")  # fmt: skip
+        try:
+            with fastcg.use_backend("triton"):
+                namespace(False, "tensor_product")
+        except NotImplementedError as e:
+            p.error(f"argument {name}: {e}")
+
+
+def _check_plot(p: argparse.ArgumentParser, path: str) -> None:
+    """The plot is written last: a path it cannot be written to fails now, not after the MD."""
+    if not path:
+        return
+    folder = Path(path).resolve().parent  # as savefig will see it (no ~ expansion)
+    if not folder.is_dir():
+        p.error(f"argument --plot: folder {str(folder)!r} does not exist")
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if importlib.util.find_spec("matplotlib") is None:
+        p.error(
+            "argument --plot: matplotlib is not installed (pip install matplotlib, or --plot '')"
+        )
+    if suffix:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if suffix not in kinds:
+            p.error(f"argument --plot: matplotlib cannot write .{suffix} files; use one of "
+                    + ", ".join(f".{k}" for k in sorted(kinds)))  # fmt: skip
+
+
+def _load_structure(p: argparse.ArgumentParser, spec: str, seed: int):
+    """``build_structure``, with any problem reported as an error of ``--structure``."""
+    if spec not in ("cu", "cu-small") and not Path(spec).is_file():
+        p.error(f"argument --structure: {spec!r} is neither 'cu', 'cu-small' nor a file")
+    try:
+        atoms = build_structure(spec, seed)
+    except Exception as e:  # noqa: BLE001 (ASE raises many kinds for an unreadable file)
+        why = f"{type(e).__name__}: {e}" if str(e) else "it holds no structure"
+        p.error(f"argument --structure: cannot read {spec!r}: {why}")
+    if isinstance(atoms, list) or len(atoms) == 0:
+        p.error(f"argument --structure: {spec!r} must hold one structure with at least one atom")
+    odd = sorted({int(z) for z in atoms.numbers if not 1 <= z <= 118})
+    if odd:
+        p.error(f"argument --structure: {spec!r} has atomic numbers {odd} (not elements 1..118)")
+    from .calculator import check_atoms
+
+    try:  # the calculator's own checks (elements aside: the models are built for these)
+        check_atoms(atoms, None)
+    except ValueError as e:
+        p.error(f"argument --structure: {spec!r}: {e}")
+    return atoms
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, object]:
+    """Parse and validate every option before any work; returns (options, the ASE structure).
+
+    A bad option exits with status 2 and a message naming it (argparse's ``error``), before
+    anything large is built: the model's size is checked by arithmetic (``check_model_size``).
+    """
+    p = _parser()
+    args = p.parse_args(argv)
+    args.model = args.model or default_model()
+    if args.model == "mace-torch" and importlib.util.find_spec("mace") is None:
+        p.error("argument --model: mace-torch is not installed (pip install mace-torch)")
+    channels, max_ell = (8, 2) if args.small else (args.channels, args.max_ell)
+    try:
+        check_model_size(args.model, args.channels, args.max_ell)
+        check_model_size(args.model, channels, max_ell)
+    except ValueError as e:
+        option = "--channels" if str(e).startswith("channels") else "--max-ell"
+        p.error(f"argument {option}: {e}")
+    _check_backend(p, args.backend)
+    _check_plot(p, args.plot)
+    return args, _load_structure(p, args.structure, args.seed)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fastcg md``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args, atoms = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     from .calculator import FastCGCalculator
 
-    name = args.model or default_model()
+    name = args.model
     dtype = DTYPES[args.dtype]
-    atoms = build_structure(args.structure, args.seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature,
                                  rng=np.random.default_rng(args.seed))  # fmt: skip
     numbers = sorted({int(z) for z in atoms.numbers})
@@ -251,4 +412,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["build_models", "build_structure", "main", "run_nve"]
+__all__ = ["build_models", "build_structure", "check_model_size", "main", "parse_args", "run_nve"]

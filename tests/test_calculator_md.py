@@ -141,3 +141,120 @@ def test_neighbour_list_is_sorted_by_receiver_and_complete():
     ours = sorted(zip(src.tolist(), dst.tolist(), map(tuple, shifts.tolist())))
     theirs = sorted(zip(j.tolist(), i.tolist(), map(tuple, s.tolist())))
     assert ours == theirs
+
+
+def _tripwire_model(model):
+    """``model`` whose forward fails the test: the calculator's checks must run before it."""
+
+    def forward(*args, **kwargs):
+        raise AssertionError("the model ran on input the calculator should have rejected")
+
+    model.forward = forward
+    return model
+
+
+@pytest.mark.parametrize("scripted", [False, True], ids=["module", "torchscript"])
+def test_unknown_element_names_it_and_the_supported_ones(scripted):
+    from fastcg.models import SchNet
+
+    model = SchNet([1, 6], num_features=4)
+    if scripted:  # no config dict: the elements come from the species table
+        model = torch.jit.script(model)
+    atoms = molecule("CH3OH")  # O is not one of the model's elements
+    atoms.calc = FastCGCalculator(model, cutoff=3.0)
+    with pytest.raises(ValueError) as exc:
+        atoms.get_potential_energy()
+    msg = str(exc.value)
+    assert "O (Z=8)" in msg and "[1]" in msg  # the element and where it is (atom 1 in CH3OH)
+    assert "H (Z=1)" in msg and "C (Z=6)" in msg  # what the model supports
+    assert "[0, 2, 3, 4, 5]" not in msg  # only the unsupported atoms are listed
+
+
+def test_unknown_element_is_rejected_before_the_model_runs():
+    atoms = molecule("H2O")
+    atoms.calc = FastCGCalculator(_tripwire_model(small_mace([1, 6])))
+    with pytest.raises(ValueError, match=r"O \(Z=8\) at atom indices \[0\]"):
+        atoms.get_potential_energy()
+
+
+def test_coincident_atoms_raise_naming_the_indices():
+    atoms = molecule("CH3OH")
+    atoms.positions[4] = atoms.positions[1]
+    atoms.calc = FastCGCalculator(_tripwire_model(small_mace([1, 6, 8])))
+    with pytest.raises(ValueError, match=r"atoms 1 and 4\b") as exc:
+        atoms.get_forces()
+    assert "1 pair(s)" in str(exc.value)  # the full list's two directions count once
+
+
+def test_coincident_atoms_without_the_check_give_nan():
+    # why the check exists: the same model on the same input, called directly, is NaN
+    atoms = molecule("H2O")
+    atoms.positions[2] = atoms.positions[0]
+    model = small_mace([1, 8])
+    i, j = np.nonzero(atoms.get_all_distances() < 3.0)
+    src, dst = torch.tensor(j[i != j]), torch.tensor(i[i != j])
+    pos = torch.tensor(atoms.positions, requires_grad=True)
+    energy = model(pos, torch.tensor(atoms.numbers), src, dst, torch.zeros(len(src), 3),
+                   torch.zeros(3, 3))  # fmt: skip
+    (forces,) = torch.autograd.grad(energy, pos)
+    assert not (torch.isfinite(energy) and torch.isfinite(forces).all())
+    atoms.calc = FastCGCalculator(model)
+    with pytest.raises(ValueError, match=r"atoms 0 and 2\b"):
+        atoms.get_potential_energy()
+
+
+def test_atom_on_a_periodic_image_raises_naming_the_shift():
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.positions[3] = atoms.positions[0] + atoms.cell.array[0]
+    atoms.calc = FastCGCalculator(_tripwire_model(small_mace([29])))
+    with pytest.raises(ValueError, match=r"atoms 0 and 3 \(periodic image, cell shift"):
+        atoms.get_potential_energy()
+
+
+def test_float32_model_sees_rounded_positions():
+    # 2e-6 A apart (above MIN_DISTANCE) in float64, but the same point once rounded to float32
+    # at 1000 A (spacing 6e-5 A): the check runs in the model's dtype, so float32 catches it
+    atoms = molecule("H2")
+    atoms.positions[:] = [[1000.0, 0, 0], [1000.000002, 0, 0]]
+    atoms.calc = FastCGCalculator(small_mace([1]))
+    assert np.isfinite(atoms.get_potential_energy())
+    atoms.calc = FastCGCalculator(_tripwire_model(small_mace([1])), dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"atoms 0 and 1\b"):
+        atoms.get_potential_energy()
+
+
+def test_non_finite_positions_and_zero_periodic_cell_raise():
+    atoms = molecule("H2O")
+    atoms.positions[1, 2] = np.nan
+    atoms.calc = FastCGCalculator(_tripwire_model(small_mace([1, 8])))
+    with pytest.raises(ValueError, match=r"positions of atoms \[1\] are not finite"):
+        atoms.get_potential_energy()
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.cell[2] = 0.0
+    atoms.calc = FastCGCalculator(_tripwire_model(small_mace([29])))
+    with pytest.raises(ValueError, match=r"pbc\[2\] is True but cell vector 2 is zero"):
+        atoms.get_potential_energy()
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.cell[0, 1] = np.inf
+    atoms.calc = FastCGCalculator(_tripwire_model(small_mace([29])))
+    with pytest.raises(ValueError, match="atoms.cell is not finite"):
+        atoms.get_potential_energy()
+
+
+def test_calculator_arguments_are_checked():
+    model = small_mace([29])
+    for cutoff in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cutoff"):
+            FastCGCalculator(model, cutoff=cutoff)
+    with pytest.raises(ValueError, match="dtype"):
+        FastCGCalculator(model, dtype=torch.float16)
+    with pytest.raises(TypeError, match="model"):
+        FastCGCalculator("mace.model")
+
+
+@pytest.mark.parametrize("zs", [[], [1, 1], [0], [119], [1.5], ["H"], [True]])
+def test_models_reject_bad_atomic_numbers(zs):
+    from fastcg.models import SchNet
+
+    with pytest.raises(ValueError, match="atomic_numbers"):
+        SchNet(zs, num_features=4)

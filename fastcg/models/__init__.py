@@ -56,6 +56,24 @@ def edge_vectors(positions: Tensor, src: Tensor, dst: Tensor, shifts: Tensor) ->
     return positions.index_select(0, src) - positions.index_select(0, dst) + shifts
 
 
+def check_atomic_numbers(atomic_numbers: Any) -> None:
+    """Raise ValueError unless ``atomic_numbers`` are one or more distinct elements, Z = 1..118
+    (a repeat would leave a species without atoms, a Z outside would index past the table)."""
+    zs = list(atomic_numbers)
+
+    def is_element(z: Any) -> bool:
+        try:
+            return not isinstance(z, bool) and int(z) == z and 1 <= int(z) <= 118
+        except (TypeError, ValueError):
+            return False
+
+    if not zs or not all(is_element(z) for z in zs):
+        raise ValueError(f"atomic_numbers must be one or more integers in [1, 118], got {zs!r}")
+    repeated = sorted({int(z) for z in zs if zs.count(z) > 1})
+    if repeated:
+        raise ValueError(f"atomic_numbers must be distinct; {repeated} appear more than once")
+
+
 class AtomisticModel(torch.nn.Module):
     """Base of the models: atomic numbers -> species index, energy = sum of node energies."""
 
@@ -63,6 +81,7 @@ class AtomisticModel(torch.nn.Module):
 
     def __init__(self, atomic_numbers: list[int]) -> None:
         super().__init__()
+        check_atomic_numbers(atomic_numbers)
         index = torch.full((119,), -1, dtype=torch.long)
         for i, z in enumerate(atomic_numbers):
             index[int(z)] = i
