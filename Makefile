@@ -7,22 +7,43 @@ MACE_VENV ?= .venv-mace
 MACE_PY := $(MACE_VENV)/bin/python
 export CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: setup setup-mace build demo demo-mace test test-main test-triton test-aot test-mace lint bench clean
+.PHONY: setup setup-cuda setup-mace build demo demo-mace test test-main test-e3nn test-triton test-aot test-mace lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 
 # torch only when none is importable: an unpinned `pip install torch` (a CUDA build from this
-# machine's disk); an existing build such as the CPU torch 2.13.0 is kept.
-setup: $(VENV)/.fastcg-installed
+# machine's disk); an existing build such as the CPU torch 2.13.0 is kept. $(1): the environment
+# of setup.py.
+define install_fastcg
+@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch
+$(PIP) install -q ninja
+$(1) $(PIP) install -q --no-build-isolation -e ".[dev]"
+endef
+LIB_DEPS := $(PY) pyproject.toml setup.py $(shell find csrc -type f)
+# Succeeds when the installed library is what FASTCG_BUILD_CUDA=1 builds: CUDA kernels exactly
+# when torch has CUDA and nvcc exists (what tests/test_cuda_build.py expects).
+IS_CUDA_FLAVOUR = $(PY) -c "import torch, fastcg; from torch.utils.cpp_extension import CUDA_HOME; \
+	has = torch._C._dispatch_has_kernel_for_dispatch_key('fastcg::conv', 'CUDA'); \
+	raise SystemExit(has != (torch.version.cuda is not None and CUDA_HOME is not None))" 2>/dev/null
 
-# Reinstalled (and the library rebuilt) only when the sources or the metadata change.
-$(VENV)/.fastcg-installed: $(PY) pyproject.toml setup.py $(shell find csrc -type f)
-	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch
-	$(PIP) install -q ninja
-	$(PIP) install -q --no-build-isolation -e ".[dev]"
+setup: $(VENV)/.fastcg-installed
+setup-cuda: $(VENV)/.fastcg-cuda
+
+# Each stamp is rebuilt only when the sources or the metadata change. make demo's library has
+# the CUDA kernels only where a GPU is visible (setup.py): compiling them was most of a fresh
+# make demo's 18 minutes on 2 cores. A build that is also make test's marks that stamp too.
+$(VENV)/.fastcg-installed: $(LIB_DEPS)
+	$(call install_fastcg)
 	touch $@
+	@if $(IS_CUDA_FLAVOUR); then touch $(VENV)/.fastcg-cuda; fi
+
+# make test's library has the CUDA kernels wherever torch has CUDA and nvcc exists, GPU or not,
+# so CI checks that they compile, register and fit their registers; it serves make demo too.
+$(VENV)/.fastcg-cuda: $(LIB_DEPS)
+	$(call install_fastcg,FASTCG_BUILD_CUDA=1)
+	touch $(VENV)/.fastcg-installed $@
 
 $(MACE_PY):
 	python3 -m venv $(MACE_VENV)
@@ -35,7 +56,8 @@ setup-mace: $(MACE_PY) setup
 	$(MACE_PY) -m pip install -q "mace-torch==0.3.16" pytest numpy ase vesin
 	$(MACE_PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'fastcg_checkout.pth'), 'w').write(os.getcwd())"
 
-# Rebuild the C++ library in place after editing csrc/ (ninja makes it incremental).
+# Rebuild the C++ library in place after editing csrc/ (ninja makes it incremental);
+# FASTCG_BUILD_CUDA=1 make build for the CUDA kernels on a machine without a GPU.
 build: $(PY)
 	$(PY) setup.py -q build_ext --inplace
 
@@ -47,12 +69,28 @@ demo: setup
 demo-mace: setup-mace
 	$(MACE_PY) -m fastcg.cli md --model mace-torch
 
-test: test-main test-triton test-aot test-mace
+test: test-main test-e3nn test-triton test-aot test-mace
 
-test-main: setup
+test-main: setup-cuda
 	$(VENV)/bin/ruff check fastcg tests bench tools
 	$(PY) tools/gen_sh.py --check
 	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/with_mace --ignore=tests/mace_layers
+
+# e3nn 0.6.0's own tests (from its sdist) with fastcg's classes in place of e3nn's
+# (tests/e3nn_suite/plugin.py): tensor products, linear, spherical harmonics and gates.
+E3NN_VERSION := 0.6.0
+E3NN_TESTS := build/e3nn-$(E3NN_VERSION)/tests
+E3NN_SUITE := o3/tensor_product_test.py o3/tensor_product_sub_test.py o3/linear_test.py \
+	o3/cartesian_spherical_harmonics_test.py o3/angular_spherical_harmonics_test.py nn/gate_test.py
+
+$(E3NN_TESTS): | $(PY)
+	mkdir -p build
+	$(PIP) download -q --no-deps --no-binary :all: e3nn==$(E3NN_VERSION) -d build
+	tar -xzf build/e3nn-$(E3NN_VERSION).tar.gz -C build e3nn-$(E3NN_VERSION)/tests
+
+test-e3nn: setup $(E3NN_TESTS)
+	$(PY) -m pytest -q -p tests.e3nn_suite.plugin -p no:cacheprovider --rootdir $(E3NN_TESTS) \
+		$(addprefix $(E3NN_TESTS)/,$(E3NN_SUITE))
 
 # The Triton interpreter must be switched on before kernels are imported: its own process.
 test-triton: setup
@@ -77,4 +115,4 @@ bench: setup
 	$(PY) bench/ops.py
 
 clean:
-	rm -rf build fastcg/*.so *.egg-info
+	rm -rf build fastcg/*.so *.egg-info $(VENV)/.fastcg-installed $(VENV)/.fastcg-cuda

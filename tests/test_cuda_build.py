@@ -1,4 +1,5 @@
-"""The CUDA C++ kernels are built and registered whenever torch and nvcc allow, even with no GPU."""
+"""The CUDA C++ kernels are built and registered whenever torch and nvcc allow, even with no GPU
+(``make test`` builds them with FASTCG_BUILD_CUDA=1; setup.py leaves them out elsewhere)."""
 
 import re
 import subprocess
@@ -37,7 +38,10 @@ needs_cuda_build = pytest.mark.skipif(
 @needs_cuda_build
 @pytest.mark.parametrize("op", CUDA_OPS)
 def test_cuda_kernel_registered(op):
-    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastcg::{op}", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastcg::{op}", "CUDA"), (
+        "fastcg was built without its CUDA kernels: `make test` builds them, or "
+        "FASTCG_BUILD_CUDA=1 python setup.py build_ext --inplace"
+    )
 
 
 def test_library_imports_and_runs_on_cpu_without_a_gpu():
