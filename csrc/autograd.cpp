@@ -106,17 +106,19 @@ struct TensorProduct : torch::autograd::Function<TensorProduct> {
   }
 };
 
+// num_nodes / dim_size are SymInt in the schemas and stay c10::SymInt here: an int64_t would
+// specialise a traced graph (torch.compile, torch.export) to one number of atoms.
 using ConvSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                       int64_t, const Tensor&, const Tensor&, const Tensor&, int64_t);
+                       c10::SymInt, const Tensor&, const Tensor&, const Tensor&, int64_t);
 using ConvBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const Tensor&, std::array<bool, 3>);
 
 struct Conv : torch::autograd::Function<Conv> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& edge_attr,
-                        const Tensor& w, const Tensor& src, const Tensor& dst, int64_t num_nodes,
-                        const Tensor& paths, const Tensor& cg_index, const Tensor& cg_value,
-                        int64_t dim_out) {
+                        const Tensor& w, const Tensor& src, const Tensor& dst,
+                        c10::SymInt num_nodes, const Tensor& paths, const Tensor& cg_index,
+                        const Tensor& cg_value, int64_t dim_out) {
     static const auto op = handle<ConvSig>("fastcg::conv");
     ctx->save_for_backward({x, edge_attr, w, src, dst, paths, cg_index, cg_value});
     return below_autograd(op, x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value,
@@ -135,8 +137,8 @@ struct Conv : torch::autograd::Function<Conv> {
 };
 
 using ConvRadialSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                             const Tensor&, const Tensor&, int64_t, const Tensor&, const Tensor&,
-                             const Tensor&, int64_t);
+                             const Tensor&, const Tensor&, c10::SymInt, const Tensor&,
+                             const Tensor&, const Tensor&, int64_t);
 using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 using ConvRadialBackwardSig = Tensor4(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                       const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -145,7 +147,7 @@ using ConvRadialBackwardSig = Tensor4(const Tensor&, const Tensor&, const Tensor
 struct ConvRadial : torch::autograd::Function<ConvRadial> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& edge_attr,
                         const Tensor& radial, const Tensor& radial_weight, const Tensor& src,
-                        const Tensor& dst, int64_t num_nodes, const Tensor& paths,
+                        const Tensor& dst, c10::SymInt num_nodes, const Tensor& paths,
                         const Tensor& cg_index, const Tensor& cg_value, int64_t dim_out) {
     static const auto op = handle<ConvRadialSig>("fastcg::conv_radial");
     ctx->save_for_backward({x, edge_attr, radial, radial_weight, src, dst, paths, cg_index,
@@ -170,9 +172,9 @@ struct ConvRadial : torch::autograd::Function<ConvRadial> {
 
 struct ScatterSum : torch::autograd::Function<ScatterSum> {
   static Tensor forward(AutogradContext* ctx, const Tensor& src, const Tensor& index,
-                        int64_t dim_size) {
+                        c10::SymInt dim_size) {
     static const auto op =
-        handle<Tensor(const Tensor&, const Tensor&, int64_t)>("fastcg::scatter_sum");
+        handle<Tensor(const Tensor&, const Tensor&, c10::SymInt)>("fastcg::scatter_sum");
     ctx->save_for_backward({index});
     return below_autograd(op, src, index, dim_size);
   }
@@ -248,20 +250,20 @@ Tensor tensor_product(const Tensor& x1, const Tensor& x2, const Tensor& w, const
 }
 
 Tensor conv(const Tensor& x, const Tensor& edge_attr, const Tensor& w, const Tensor& src,
-            const Tensor& dst, int64_t num_nodes, const Tensor& paths, const Tensor& cg_index,
+            const Tensor& dst, c10::SymInt num_nodes, const Tensor& paths, const Tensor& cg_index,
             const Tensor& cg_value, int64_t dim_out) {
   return Conv::apply(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out);
 }
 
 Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial,
                    const Tensor& radial_weight, const Tensor& src, const Tensor& dst,
-                   int64_t num_nodes, const Tensor& paths, const Tensor& cg_index,
+                   c10::SymInt num_nodes, const Tensor& paths, const Tensor& cg_index,
                    const Tensor& cg_value, int64_t dim_out) {
   return ConvRadial::apply(x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths,
                            cg_index, cg_value, dim_out);
 }
 
-Tensor scatter_sum(const Tensor& src, const Tensor& index, int64_t dim_size) {
+Tensor scatter_sum(const Tensor& src, const Tensor& index, c10::SymInt dim_size) {
   return ScatterSum::apply(src, index, dim_size);
 }
 

@@ -13,6 +13,7 @@
 #include <array>
 #include <cstdlib>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -51,19 +52,34 @@ struct Chunks {
   }
 };
 
+// Every tensor on x's device (the chunks call the fastcg::conv kernels of that device, and plan()
+// reads dst there), radial / radial_weight of x's dtype, src / dst int64 [num_edges].
 void check_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial,
-                  const Tensor& radial_weight, const Tensor& dst) {
+                  const Tensor& radial_weight, const Tensor& src, const Tensor& dst,
+                  const Tensor& paths, const Tensor& cg_index, const Tensor& cg_value) {
+  TORCH_CHECK(x.device().is_cpu() || x.device().is_cuda(),
+              "conv_radial: x must be a CPU or CUDA tensor, got one on ", x.device());
+  const std::pair<const Tensor*, const char*> args[] = {
+      {&edge_attr, "edge_attr"}, {&radial, "radial"}, {&radial_weight, "radial_weight"},
+      {&src, "src"},             {&dst, "dst"},       {&paths, "paths"},
+      {&cg_index, "cg_index"},   {&cg_value, "cg_value"}};
+  for (const auto& [t, name] : args)
+    TORCH_CHECK(t->device() == x.device(), "conv_radial: ", name, " is on ", t->device(),
+                " but x is on ", x.device());
+  TORCH_CHECK(edge_attr.dim() == 2, "conv_radial: edge_attr must be 2-D [num_edges, dim2]");
   TORCH_CHECK(radial.dim() == 2 && radial.size(0) == edge_attr.size(0),
               "conv_radial: radial must be [num_edges, K]");
   TORCH_CHECK(radial_weight.dim() == 2 && radial_weight.size(0) == radial.size(1),
               "conv_radial: radial_weight must be [K, weight_numel] with K = radial.shape[1]");
-  for (const Tensor* t : {&radial, &radial_weight}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
-                "conv_radial: radial and radial_weight must have x's dtype and device");
-  }
-  TORCH_CHECK(dst.dim() == 1 && dst.size(0) == edge_attr.size(0) &&
-                  dst.scalar_type() == at::kLong,
-              "conv_radial: dst must be int64 [num_edges]");
+  TORCH_CHECK(radial.scalar_type() == x.scalar_type(), "conv_radial: radial has dtype ",
+              radial.scalar_type(), " but x has ", x.scalar_type());
+  TORCH_CHECK(radial_weight.scalar_type() == x.scalar_type(),
+              "conv_radial: radial_weight has dtype ", radial_weight.scalar_type(), " but x has ",
+              x.scalar_type());
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&src, "src"}, {&dst, "dst"}})
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == edge_attr.size(0) &&
+                    t->scalar_type() == at::kLong,
+                "conv_radial: ", name, " must be int64 [num_edges]");
 }
 
 Chunks plan(const Tensor& edge_attr, const Tensor& radial, const Tensor& src, const Tensor& dst,
@@ -122,7 +138,7 @@ Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radia
                    int64_t num_nodes, const Tensor& paths, const Tensor& cg_index,
                    const Tensor& cg_value, int64_t dim_out) {
   static const auto op = handle<ConvSig>("fastcg::conv");
-  check_radial(x, edge_attr, radial, radial_weight, dst);
+  check_radial(x, edge_attr, radial, radial_weight, src, dst, paths, cg_index, cg_value);
   const Chunks c = plan(edge_attr, radial, src, dst, num_nodes, radial_weight.size(1));
   auto out = at::empty({num_nodes, dim_out}, x.options());
   Tensor buf;
@@ -142,7 +158,9 @@ Tensor4 conv_radial_backward(const Tensor& grad_out, const Tensor& x, const Tens
                              const Tensor& dst, const Tensor& paths, const Tensor& cg_index,
                              const Tensor& cg_value, std::array<bool, 4> mask) {
   static const auto op = handle<ConvBackwardSig>("fastcg::conv_backward");
-  check_radial(x, edge_attr, radial, radial_weight, dst);
+  check_radial(x, edge_attr, radial, radial_weight, src, dst, paths, cg_index, cg_value);
+  TORCH_CHECK(grad_out.device() == x.device(), "conv_radial_backward: grad_out is on ",
+              grad_out.device(), " but x is on ", x.device());
   TORCH_CHECK(grad_out.dim() == 2, "conv_radial_backward: grad_out must be [num_nodes, dim_out]");
   const Chunks c = plan(edge_attr, radial, src, dst, grad_out.size(0), radial_weight.size(1));
   const Tensor g = grad_out.contiguous();

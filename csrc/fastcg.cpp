@@ -13,6 +13,9 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(fastcg, m) {
+  // Sizes that vary with the system (num_nodes, dim_size) are SymInt: one exported or compiled
+  // graph serves every number of atoms. Backend kernels take them as int64_t; the autograd
+  // kernels (csrc/autograd.cpp) keep them symbolic.
   // normalization: "component" | "norm" | "integral" (e3nn's names)
   m.def("spherical_harmonics(Tensor vectors, int lmax, bool normalize, str normalization) -> Tensor");
   m.def(
@@ -33,7 +36,7 @@ TORCH_LIBRARY(fastcg, m) {
       "Tensor cg_index, Tensor cg_value, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
   m.def(
-      "conv(Tensor x, Tensor edge_attr, Tensor weights, Tensor src, Tensor dst, int num_nodes, "
+      "conv(Tensor x, Tensor edge_attr, Tensor weights, Tensor src, Tensor dst, SymInt num_nodes, "
       "Tensor paths, Tensor cg_index, Tensor cg_value, int dim_out) -> Tensor");
   m.def(
       "conv_backward(Tensor grad_out, Tensor x, Tensor edge_attr, Tensor weights, Tensor src, "
@@ -44,14 +47,14 @@ TORCH_LIBRARY(fastcg, m) {
   // stored whole (csrc/conv_radial.cpp)
   m.def(
       "conv_radial(Tensor x, Tensor edge_attr, Tensor radial, Tensor radial_weight, Tensor src, "
-      "Tensor dst, int num_nodes, Tensor paths, Tensor cg_index, Tensor cg_value, int dim_out) "
+      "Tensor dst, SymInt num_nodes, Tensor paths, Tensor cg_index, Tensor cg_value, int dim_out) "
       "-> Tensor");
   m.def(
       "conv_radial_backward(Tensor grad_out, Tensor x, Tensor edge_attr, Tensor radial, "
       "Tensor radial_weight, Tensor src, Tensor dst, Tensor paths, Tensor cg_index, "
       "Tensor cg_value, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 
-  m.def("scatter_sum(Tensor src, Tensor index, int dim_size) -> Tensor");
+  m.def("scatter_sum(Tensor src, Tensor index, SymInt dim_size) -> Tensor");
 
   // Linear paths int64 [P, 6]: (mul_in, mul_out, ir_dim, off_in, off_out, w_off), path_coeff
   // float64 [P]. weights [numel] shared, or [S, numel] with species[B] picking a row per sample.

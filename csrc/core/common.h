@@ -23,4 +23,20 @@ enum PathCol : int64_t {
 // Columns of the int64 linear path table.
 enum LinCol : int64_t { L_MUL_IN = 0, L_MUL_OUT, L_IR_DIM, L_OFF_IN, L_OFF_OUT, L_WOFF, L_NCOLS };
 
+// Table checks take any int64 entries (a corrupted table passed to torch.ops.fastcg directly),
+// so none of their arithmetic may overflow: each bound is tested by division first.
+
+// Whether the block [off, off + mul * dim) lies inside [0, size) (dim >= 1, mul >= 0).
+FASTCG_HD bool block_fits(int64_t off, int64_t mul, int64_t dim, int64_t size) {
+  if (off < 0 || mul < 0 || dim < 1 || off > size) return false;
+  return mul == 0 || dim <= (size - off) / mul;
+}
+
+// Whether a * b * c <= bound for a, b, c, bound >= 0.
+FASTCG_HD bool product_fits(int64_t a, int64_t b, int64_t c, int64_t bound) {
+  if (a == 0 || b == 0 || c == 0) return true;
+  if (a > bound / b) return false;
+  return a * b <= bound / c;
+}
+
 }  // namespace fastcg

@@ -63,12 +63,12 @@ FASTCG_HD T linear_grad_weight_element(const int64_t* paths, const double* coeff
   return acc;
 }
 
-// Whether a path stays inside inputs of din features, outputs of dout and wn weights per row.
+// Whether a path stays inside inputs of din features, outputs of dout and wn weights per row
+// (any int64 entries: block_fits and product_fits cannot overflow).
 FASTCG_HD bool linear_path_fits(const int64_t* p, int64_t din, int64_t dout, int64_t wn) {
-  const int64_t mi = p[L_MUL_IN], mo = p[L_MUL_OUT], d = p[L_IR_DIM];
-  return mi >= 0 && mo >= 0 && d >= 0 && p[L_OFF_IN] >= 0 && p[L_OFF_OUT] >= 0 &&
-         p[L_WOFF] >= 0 && p[L_OFF_IN] + mi * d <= din && p[L_OFF_OUT] + mo * d <= dout &&
-         p[L_WOFF] + mi * mo <= wn;
+  const int64_t mi = p[L_MUL_IN], mo = p[L_MUL_OUT], d = p[L_IR_DIM], wo = p[L_WOFF];
+  return block_fits(p[L_OFF_IN], mi, d, din) && block_fits(p[L_OFF_OUT], mo, d, dout) &&
+         wo >= 0 && wo <= wn && product_fits(mi, mo, 1, wn - wo);
 }
 
 }  // namespace fastcg

@@ -19,6 +19,7 @@ FASTCG_HD T sh_scale(int normalization, int l) {
 
 // Lanes of the polynomial argument: u = r/|r| and inv = 1/|r| when normalizing (u = 0 and
 // inv = 0 for a zero vector, which zeroes every derivative below), else u = r and inv = 1.
+// Only an exact zero is masked: a NaN |r|^2 makes every component NaN, as e3nn's r / |r|.
 template <int W, typename T>
 FASTCG_HD void sh_argument(const T* r, int n, bool normalize, T* x, T* y, T* z, T* inv) {
   for (int t = 0; t < W; ++t) {
@@ -31,7 +32,7 @@ FASTCG_HD void sh_argument(const T* r, int n, bool normalize, T* x, T* y, T* z, 
   if (!normalize) return;
   for (int t = 0; t < W; ++t) {
     const T n2 = x[t] * x[t] + y[t] * y[t] + z[t] * z[t];
-    inv[t] = n2 > T(0) ? T(1) / std::sqrt(n2) : T(0);
+    inv[t] = n2 == T(0) ? T(0) : T(1) / std::sqrt(n2);
     x[t] *= inv[t];
     y[t] *= inv[t];
     z[t] *= inv[t];

@@ -19,6 +19,30 @@ enum ScPairCol : int64_t { SC_OUT = 0, SC_MONO, SC_PAIR_NCOLS };
 // Columns of the entry table [E, 2]: pair p, weight row k (coefficient in a float64 [E] table).
 enum ScEntryCol : int64_t { SC_PAIR = 0, SC_K, SC_ENTRY_NCOLS };
 
+// Whether row i of each table indexes inside the tensors (D features in, Dout columns out, M
+// monomials, P pairs, K weight rows), for any int64 entries: nothing here can overflow. The CPU
+// kernels check these with messages, the CUDA kernels assert them on the device.
+FASTCG_HD bool sc_monomial_fits(const int64_t* mono, int64_t i, int64_t D) {
+  const int64_t q = mono[2 * i + SC_PARENT], v = mono[2 * i + SC_VAR];
+  return q >= -1 && q < i && v >= 0 && v < D;  // parents come first: the tree is built in order
+}
+
+FASTCG_HD bool sc_pair_fits(const int64_t* pairs, int64_t i, int64_t Dout, int64_t M) {
+  const int64_t j = pairs[2 * i + SC_OUT], n = pairs[2 * i + SC_MONO];
+  return j >= 0 && j < Dout && n >= 0 && n < M;
+}
+
+FASTCG_HD bool sc_entry_fits(const int64_t* entries, int64_t i, int64_t P, int64_t K) {
+  const int64_t p = entries[2 * i + SC_PAIR], k = entries[2 * i + SC_K];
+  return p >= 0 && p < P && k >= 0 && k < K;
+}
+
+// out_cols row j: (s, dim), the output irrep holding column j starts at s and spans dim columns.
+FASTCG_HD bool sc_out_col_fits(const int64_t* cols, int64_t j, int64_t Dout) {
+  const int64_t s = cols[2 * j], dim = cols[2 * j + 1];
+  return s >= 0 && s <= j && dim > j - s && dim <= Dout - s;
+}
+
 // val[n] = val[parent] * x[var] (x[var] for a single variable).
 template <typename T, int W>
 FASTCG_HD void sc_monomials(const int64_t* mono, int64_t M, const T* __restrict__ x,

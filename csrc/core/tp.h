@@ -24,29 +24,62 @@ FASTCG_HD int64_t path_weight_numel(const int64_t* p) {
   }
 }
 
-// Whether a path stays inside operands of d1 / d2 / dout features and wn weights per row, and its
-// CG rows inside [0, nnz) and the irreps' dimensions (cpu/utils.h check_paths says which part
-// fails; the CUDA kernels assert this on the device, where the table lives).
-FASTCG_HD bool path_fits(const int64_t* p, const int64_t* ci, int64_t nnz, int64_t d1, int64_t d2,
-                         int64_t dout, int64_t wn) {
+// Highest l a path table may hold: 2l + 1 and the CG indices then stay far from overflow, and a
+// fast path's coupling scratch ((2l + 1)^2 values) stays bounded even when its block is empty.
+constexpr int64_t kMaxPathL = 1024;
+
+// Why a path does not fit its operands (PATH_OK when it does). path_fits below and the CPU
+// kernels' messages (cpu/utils.h check_paths) read this one function, so they cannot disagree.
+enum PathFault : int {
+  PATH_OK = 0,
+  PATH_MODE,       // unknown connection mode
+  PATH_L,          // l1, l2 or l3 outside [0, kMaxPathL]
+  PATH_X1,         // the x1 block (off1, mul1, 2 l1 + 1) leaves x1's features
+  PATH_X2,         // the x2 block leaves x2's features
+  PATH_OUT,        // the output block leaves dim_out
+  PATH_MULS,       // multiplicities do not fit the mode (uvu: mul_out == mul1, ...)
+  PATH_NO_WEIGHTS, // a uvw path without weights (w_off < 0): its kernel always reads them
+  PATH_WEIGHTS,    // the weight slice [w_off, w_off + numel) leaves the weights
+  PATH_CG_ROWS,    // CG rows [begin, end) outside [0, nnz) or begin > end
+  PATH_CG_INDEX,   // a CG row's (i, j, k) outside the irreps' dimensions
+};
+
+FASTCG_HD int path_fault(const int64_t* p, const int64_t* ci, int64_t nnz, int64_t d1,
+                         int64_t d2, int64_t dout, int64_t wn) {
   const int64_t mode = p[P_MODE], l1 = p[P_L1], l2 = p[P_L2], l3 = p[P_L3];
   const int64_t m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
-  if (mode < UVW || mode > UUW || l1 < 0 || l2 < 0 || l3 < 0 || m1 < 0 || m2 < 0 || mo < 0 ||
-      p[P_OFF1] < 0 || p[P_OFF2] < 0 || p[P_OFFO] < 0)
-    return false;
-  if (p[P_OFF1] + m1 * (2 * l1 + 1) > d1 || p[P_OFF2] + m2 * (2 * l2 + 1) > d2 ||
-      p[P_OFFO] + mo * (2 * l3 + 1) > dout)
-    return false;
-  if (p[P_WOFF] >= 0 ? p[P_WOFF] + path_weight_numel(p) > wn : mode == UVW) return false;
+  if (mode < UVW || mode > UUW) return PATH_MODE;
+  if (l1 < 0 || l2 < 0 || l3 < 0 || l1 > kMaxPathL || l2 > kMaxPathL || l3 > kMaxPathL)
+    return PATH_L;
+  if (!block_fits(p[P_OFF1], m1, 2 * l1 + 1, d1)) return PATH_X1;
+  if (!block_fits(p[P_OFF2], m2, 2 * l2 + 1, d2)) return PATH_X2;
+  if (!block_fits(p[P_OFFO], mo, 2 * l3 + 1, dout)) return PATH_OUT;
   const bool mul_ok = mode == UVW || (mode == UVU && mo == m1) || (mode == UVV && mo == m2) ||
                       (mode == UUW && m1 == m2) || (mode == UUU && m1 == m2 && mo == m1);
-  if (!mul_ok || p[P_CG_BEGIN] < 0 || p[P_CG_BEGIN] > p[P_CG_END] || p[P_CG_END] > nnz)
-    return false;
-  for (int64_t n = p[P_CG_BEGIN]; n < p[P_CG_END]; ++n)
+  if (!mul_ok) return PATH_MULS;
+  const int64_t woff = p[P_WOFF];
+  if (woff < 0 && mode == UVW) return PATH_NO_WEIGHTS;
+  if (woff >= 0) {
+    // the factors of path_weight_numel, multiplied without overflow
+    const int64_t a = m1, b = (mode == UUU) ? 1 : (mode == UUW ? mo : m2);
+    const int64_t c = mode == UVW ? mo : 1;
+    if (woff > wn || !product_fits(a, b, c, wn - woff)) return PATH_WEIGHTS;
+  }
+  const int64_t begin = p[P_CG_BEGIN], end = p[P_CG_END];
+  if (begin < 0 || begin > end || end > nnz) return PATH_CG_ROWS;
+  for (int64_t n = begin; n < end; ++n)
     if (ci[3 * n] < 0 || ci[3 * n] > 2 * l1 || ci[3 * n + 1] < 0 || ci[3 * n + 1] > 2 * l2 ||
         ci[3 * n + 2] < 0 || ci[3 * n + 2] > 2 * l3)
-      return false;
-  return true;
+      return PATH_CG_INDEX;
+  return PATH_OK;
+}
+
+// Whether a path stays inside operands of d1 / d2 / dout features and wn weights per row, and its
+// CG rows inside [0, nnz) and the irreps' dimensions (the CUDA kernels assert this on the device,
+// where the table lives).
+FASTCG_HD bool path_fits(const int64_t* p, const int64_t* ci, int64_t nnz, int64_t d1, int64_t d2,
+                         int64_t dout, int64_t wn) {
+  return path_fault(p, ci, nnz, d1, d2, dout, wn) == PATH_OK;
 }
 
 // How a path adds a term into an output element. The default is a plain `+=` for outputs the

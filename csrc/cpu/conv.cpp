@@ -25,15 +25,16 @@ ConvArgs check_conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
                     const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
                     const at::Tensor& paths, const at::Tensor& cg_index,
                     const at::Tensor& cg_value, int64_t dim_out) {
-  check_tables(paths, cg_index, cg_value);
-  const int64_t E = y.size(0), N = x.size(0);
-  check_rows(x, N, "x");
-  check_rows(y, E, "edge_attr");
+  check_features(x, "x");
   check_like(y, x, "edge_attr");
+  TORCH_CHECK(y.dim() == 2, "edge_attr must be 2-D [E, dim2], got shape ", y.sizes());
+  const int64_t E = y.size(0), N = x.size(0);
+  check_rows(y, E, "edge_attr");
   check_weights(w, E, x);
   check_index(src, E, N, "src");
-  TORCH_CHECK(num_nodes >= 0, "num_nodes must be >= 0");
+  TORCH_CHECK(num_nodes >= 0, "num_nodes must be >= 0, got ", num_nodes);
   check_index(dst, E, num_nodes, "dst");
+  check_tables(paths, cg_index, cg_value);
   check_paths(paths, cg_index, x.size(1), y.size(1), dim_out, w.size(-1));
   return {E, N, x.size(1), y.size(1), w.size(-1), w.dim() == 1};
 }
@@ -156,8 +157,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
     const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
     const at::Tensor& src, const at::Tensor& dst, const at::Tensor& paths,
     const at::Tensor& cg_index, const at::Tensor& cg_value, std::array<bool, 3> mask) {
+  check_features(x, "x");
   check_like(g, x, "grad_out");
-  TORCH_CHECK(g.dim() == 2 && g.is_contiguous(), "grad_out must be contiguous 2-D");
+  TORCH_CHECK(g.dim() == 2 && g.is_contiguous(), "grad_out must be contiguous 2-D, got shape ",
+              g.sizes());
   const int64_t dout = g.size(1), M = g.size(0);
   const ConvArgs c = check_conv(x, y, w, src, dst, M, paths, cg_index, cg_value, dout);
   // Per-edge outputs are zeroed row by row inside the edge loop (each edge is visited once):

@@ -7,6 +7,7 @@
 #include <array>
 #include <vector>
 
+#include "core/linear.h"
 #include "cpu/utils.h"
 
 namespace fastcg {
@@ -19,22 +20,27 @@ struct LinPath {
 
 std::vector<LinPath> lin_paths(const at::Tensor& paths, const at::Tensor& coeff, int64_t dim_in,
                                int64_t dim_out, int64_t wn) {
+  check_cpu(paths, "paths");
+  check_cpu(coeff, "path_coeff");
   TORCH_CHECK(paths.dtype() == at::kLong && paths.dim() == 2 && paths.size(1) == L_NCOLS &&
                   paths.is_contiguous(),
-              "linear paths must be contiguous int64 [P, 6]");
-  TORCH_CHECK(coeff.dtype() == at::kDouble && coeff.numel() == paths.size(0) &&
-                  coeff.is_contiguous(),
-              "path_coeff must be float64 [P]");
+              "linear paths must be contiguous int64 [P, 6], got ", paths.dtype(), " ",
+              paths.sizes());
+  TORCH_CHECK(coeff.dtype() == at::kDouble && coeff.dim() == 1 &&
+                  coeff.size(0) == paths.size(0) && coeff.is_contiguous(),
+              "path_coeff must be contiguous float64 [P] (P = ", paths.size(0), "), got ",
+              coeff.dtype(), " ", coeff.sizes());
+  TORCH_CHECK(dim_out >= 0, "dim_out must be >= 0, got ", dim_out);
   std::vector<LinPath> out;
   const int64_t* p = paths.data_ptr<int64_t>();
   const double* c = coeff.data_ptr<double>();
   for (int64_t q = 0; q < paths.size(0); ++q, p += L_NCOLS) {
-    LinPath l{p[L_MUL_IN], p[L_MUL_OUT], p[L_IR_DIM], p[L_OFF_IN], p[L_OFF_OUT], p[L_WOFF], c[q]};
-    TORCH_CHECK(l.mi >= 0 && l.mo >= 0 && l.d >= 0 && l.oi >= 0 && l.oo >= 0 && l.wo >= 0 &&
-                    l.oi + l.mi * l.d <= dim_in && l.oo + l.mo * l.d <= dim_out &&
-                    l.wo + l.mi * l.mo <= wn,
-                "linear path ", q, " does not fit the tensors");
-    out.push_back(l);
+    // core/linear.h linear_path_fits: the CUDA kernels assert the same condition
+    TORCH_CHECK(linear_path_fits(p, dim_in, dim_out, wn), "linear paths row ", q,
+                " does not fit the tensors (x has ", dim_in, " features, the output ", dim_out,
+                ", the weights ", wn, " per row)");
+    out.push_back({p[L_MUL_IN], p[L_MUL_OUT], p[L_IR_DIM], p[L_OFF_IN], p[L_OFF_OUT], p[L_WOFF],
+                   c[q]});
   }
   return out;
 }
@@ -100,8 +106,9 @@ std::pair<at::Tensor, std::vector<int64_t>> species_groups(const at::Tensor& spe
 
 void check_linear(const at::Tensor& x, const at::Tensor& w,
                   const c10::optional<at::Tensor>& species) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D tensor");
+  check_features(x, "x");
   check_like(w, x, "weights");
+  if (species.has_value()) check_cpu(*species, "species");
   TORCH_CHECK(w.is_contiguous(), "weights must be contiguous");
   TORCH_CHECK(w.dim() == (species.has_value() ? 2 : 1),
               "weights must be [numel] without species and [S, numel] with species");
@@ -137,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor> linear_backward(const at::Tensor& g, const at
   check_linear(x, weights, species);
   check_like(g, x, "grad_out");
   TORCH_CHECK(g.dim() == 2 && g.size(0) == x.size(0) && g.is_contiguous(),
-              "grad_out must be contiguous [B, dim_out]");
+              "grad_out must be contiguous [", x.size(0), ", dim_out], got shape ", g.sizes());
   const auto ps = lin_paths(paths, coeff, x.size(1), g.size(1), weights.size(-1));
   auto gx = masked(mask[0], x), gw = masked(mask[1], weights);
   if (!species.has_value()) {

@@ -13,9 +13,12 @@ namespace fastcg {
 namespace {
 
 at::Tensor scatter_sum(const at::Tensor& src, const at::Tensor& index, int64_t dim_size) {
+  check_cpu(src, "src");
+  TORCH_CHECK(src.scalar_type() == at::kFloat || src.scalar_type() == at::kDouble,
+              "src must be float32 or float64, got ", src.scalar_type());
   TORCH_CHECK((src.dim() == 1 || src.dim() == 2) && src.is_contiguous(),
-              "src must be a contiguous [E] or [E, F] tensor");
-  TORCH_CHECK(dim_size >= 0, "dim_size must be >= 0");
+              "src must be a contiguous [E] or [E, F] tensor, got shape ", src.sizes());
+  TORCH_CHECK(dim_size >= 0, "dim_size must be >= 0, got ", dim_size);
   check_index(index, src.size(0), dim_size, "index");
   const int64_t E = src.size(0), F = src.dim() == 2 ? src.size(1) : 1;
   auto out = src.dim() == 2 ? at::zeros({dim_size, F}, src.options())

@@ -32,7 +32,9 @@ struct ShCall {
 };
 
 // The polynomial's argument: u = r/|r| and inv = 1/|r| when normalizing (u = 0 and inv = 0 for a
-// zero vector, which zeroes every derivative below), else u = r and inv = 1.
+// zero vector, which zeroes every derivative below), else u = r and inv = 1. Only an exact zero
+// is masked: a NaN |r|^2 gives inv = NaN, so a vector with one NaN component is NaN in every
+// component, as e3nn's r / |r| (``n2 > 0`` kept its finite components finite).
 template <int W, typename T>
 struct Arg {
   T x[W], y[W], z[W], inv[W];
@@ -47,7 +49,7 @@ struct Arg {
     if (!normalize) return;
     for (int t = 0; t < W; ++t) {
       const T n2 = x[t] * x[t] + y[t] * y[t] + z[t] * z[t];
-      inv[t] = n2 > T(0) ? T(1) / std::sqrt(n2) : T(0);
+      inv[t] = n2 == T(0) ? T(0) : T(1) / std::sqrt(n2);
       x[t] *= inv[t];
       y[t] *= inv[t];
       z[t] *= inv[t];
@@ -372,10 +374,11 @@ double scale_of(const std::string& name, int l) {
 
 ShCall check_vectors(const at::Tensor& v, int64_t lmax, bool normalize,
                      const std::string& normalization) {
+  check_cpu(v, "vectors");
   TORCH_CHECK(v.dim() == 2 && v.size(1) == 3 && v.is_contiguous(),
-              "vectors must be a contiguous [E, 3] tensor");
+              "vectors must be a contiguous [E, 3] tensor, got shape ", v.sizes());
   TORCH_CHECK(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble,
-              "vectors must be float32 or float64");
+              "vectors must be float32 or float64, got ", v.scalar_type());
   TORCH_CHECK(lmax >= 0 && lmax <= SH_LMAX, "lmax must be in [0, ", SH_LMAX, "], got ", lmax);
   ShCall c{v.size(0), normalize, {}};
   for (int l = 0; l <= SH_LMAX; ++l)
@@ -384,6 +387,7 @@ ShCall check_vectors(const at::Tensor& v, int64_t lmax, bool normalize,
 }
 
 void check_grad_sh(const at::Tensor& g, const at::Tensor& v, int64_t lmax) {
+  check_cpu(g, "grad_sh");
   TORCH_CHECK(g.dim() == 2 && g.size(0) == v.size(0) && g.size(1) == (lmax + 1) * (lmax + 1) &&
                   g.is_contiguous() && g.dtype() == v.dtype(),
               "grad_sh must be a contiguous [E, (lmax+1)^2] tensor of the vectors' dtype");
@@ -429,6 +433,7 @@ std::tuple<at::Tensor, at::Tensor> spherical_harmonics_double_backward(
     bool normalize, const std::string& normalization) {
   const ShCall c = check_vectors(vectors, lmax, normalize, normalization);
   check_grad_sh(grad_sh, vectors, lmax);
+  check_cpu(gg, "grad_grad_vectors");
   TORCH_CHECK(gg.sizes() == vectors.sizes() && gg.is_contiguous() && gg.dtype() == vectors.dtype(),
               "grad_grad_vectors must be a contiguous [E, 3] tensor of the vectors' dtype");
   auto gg_sh = at::empty_like(grad_sh);

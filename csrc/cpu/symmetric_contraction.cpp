@@ -42,7 +42,8 @@ void check_table(const at::Tensor& t, int64_t cols, const char* name) {
 ScDims check_tables(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& mono,
                     const at::Tensor& pairs, const at::Tensor& entries, const at::Tensor& coeff,
                     const at::Tensor& cols) {
-  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "x must be contiguous [N, C, D]");
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "x must be contiguous [N, C, D], got shape ",
+              x.sizes());
   TORCH_CHECK(weights.dim() == 3 && weights.is_contiguous() && weights.size(2) == x.size(1) &&
                   weights.scalar_type() == x.scalar_type(),
               "weights must be contiguous [S, K, C] with x's dtype and C");
@@ -50,31 +51,28 @@ ScDims check_tables(const at::Tensor& x, const at::Tensor& weights, const at::Te
   check_table(pairs, SC_PAIR_NCOLS, "pairs");
   check_table(entries, SC_ENTRY_NCOLS, "entries");
   check_table(cols, 2, "out_cols");
+  check_cpu(coeff, "coeff");
   TORCH_CHECK(coeff.dtype() == at::kDouble && coeff.dim() == 1 && coeff.is_contiguous() &&
                   coeff.size(0) == entries.size(0),
-              "coeff must be contiguous float64 [E]");
+              "coeff must be contiguous float64 [E] (E = entries.shape[0] = ", entries.size(0),
+              "), got ", coeff.dtype(), " ", coeff.sizes());
   ScDims d{mono.data_ptr<int64_t>(), pairs.data_ptr<int64_t>(), entries.data_ptr<int64_t>(),
            coeff.data_ptr<double>(), cols.data_ptr<int64_t>(), mono.size(0), pairs.size(0),
            entries.size(0), cols.size(0), x.size(0), x.size(1), x.size(2), weights.size(0),
            weights.size(1), 0};
-  for (int64_t n = 0; n < d.M; ++n) {
-    const int64_t q = d.mono[2 * n + SC_PARENT], v = d.mono[2 * n + SC_VAR];
-    TORCH_CHECK(q >= -1 && q < n && v >= 0 && v < d.D, "monomial ", n, " is invalid");
-  }
-  for (int64_t p = 0; p < d.P; ++p) {
-    const int64_t j = d.pairs[2 * p + SC_OUT], n = d.pairs[2 * p + SC_MONO];
-    TORCH_CHECK(j >= 0 && j < d.Dout && n >= 0 && n < d.M, "pair ", p, " is invalid");
-  }
-  for (int64_t e = 0; e < d.E; ++e) {
-    const int64_t p = d.entries[2 * e + SC_PAIR], k = d.entries[2 * e + SC_K];
-    TORCH_CHECK(p >= 0 && p < d.P && k >= 0 && k < d.K, "entry ", e,
-                " is invalid (weights have ", d.K, " rows)");
-  }
-  for (int64_t j = 0; j < d.Dout; ++j) {
-    const int64_t s = d.cols[2 * j], dim = d.cols[2 * j + 1];
-    TORCH_CHECK(s >= 0 && s <= j && j < s + dim && s + dim <= d.Dout, "out_cols row ", j,
-                " is invalid");
-  }
+  // core/symmetric_contraction.h: the CUDA kernels assert the same conditions
+  for (int64_t n = 0; n < d.M; ++n)
+    TORCH_CHECK(sc_monomial_fits(d.mono, n, d.D), "monomials row ", n,
+                " is invalid: parent must be in [-1, ", n, "), var in [0, ", d.D, ")");
+  for (int64_t p = 0; p < d.P; ++p)
+    TORCH_CHECK(sc_pair_fits(d.pairs, p, d.Dout, d.M), "pairs row ", p,
+                " is invalid: column must be in [0, ", d.Dout, "), monomial in [0, ", d.M, ")");
+  for (int64_t e = 0; e < d.E; ++e)
+    TORCH_CHECK(sc_entry_fits(d.entries, e, d.P, d.K), "entries row ", e,
+                " is invalid: pair must be in [0, ", d.P, "), weight row in [0, ", d.K,
+                ") (weights have ", d.K, " rows)");
+  for (int64_t j = 0; j < d.Dout; ++j)
+    TORCH_CHECK(sc_out_col_fits(d.cols, j, d.Dout), "out_cols row ", j, " is invalid");
   return d;
 }
 
@@ -357,9 +355,11 @@ struct Inputs {
 Inputs prepare(const at::Tensor& x, const at::Tensor& species, const at::Tensor& weights,
                const at::Tensor& mono, const at::Tensor& pairs, const at::Tensor& entries,
                const at::Tensor& coeff, const at::Tensor& cols) {
-  TORCH_CHECK(x.device().is_cpu() && weights.device().is_cpu(), "expected CPU tensors");
+  check_cpu(x, "x");
+  check_cpu(species, "species");
+  check_cpu(weights, "weights");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "x must be float32 or float64");
+              "x must be float32 or float64, got ", x.scalar_type());
   TORCH_CHECK(species.dtype() == at::kLong && species.dim() == 1 && species.is_contiguous() &&
                   species.size(0) == x.size(0),
               "species must be contiguous int64 [N]");
@@ -393,6 +393,7 @@ std::tuple<at::Tensor, at::Tensor> sc_backward_cpu(
     const at::Tensor& entries, const at::Tensor& coeff, const at::Tensor& cols,
     std::array<bool, 2> mask) {
   Inputs in = prepare(x, species, weights, mono, pairs, entries, coeff, cols);
+  check_cpu(grad_out, "grad_out");
   TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == x.scalar_type() &&
                   grad_out.dim() == 2 && grad_out.size(0) == in.d.N &&
                   grad_out.size(1) == in.d.C * in.d.Dout,
@@ -420,11 +421,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sc_double_backward_cpu(
     const at::Tensor& entries, const at::Tensor& coeff, const at::Tensor& cols,
     std::array<bool, 3> mask) {
   Inputs in = prepare(x, species, weights, mono, pairs, entries, coeff, cols);
+  check_cpu(grad_out, "grad_out");
   TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == x.scalar_type() &&
                   grad_out.dim() == 2 && grad_out.size(0) == in.d.N &&
                   grad_out.size(1) == in.d.C * in.d.Dout,
               "grad_out must be contiguous [N, C * dim_out] with x's dtype");
   const bool has_t = ggx.has_value(), has_w = ggw.has_value();
+  if (has_t) check_cpu(*ggx, "grad_grad_x");
+  if (has_w) check_cpu(*ggw, "grad_grad_weights");
   TORCH_CHECK(!has_t || (ggx->sizes() == x.sizes() && ggx->is_contiguous() &&
                          ggx->scalar_type() == x.scalar_type()),
               "grad_grad_x must be contiguous and shaped like x");

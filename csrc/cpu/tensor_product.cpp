@@ -17,12 +17,12 @@ namespace {
 void check_tp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w,
               const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
               int64_t dim_out) {
-  check_tables(paths, cg_index, cg_value);
+  check_features(x1, "x1");
   const int64_t B = x1.size(0);
-  check_rows(x1, B, "x1");
-  check_rows(x2, B, "x2");
   check_like(x2, x1, "x2");
+  check_rows(x2, B, "x2");
   check_weights(w, B, x1);
+  check_tables(paths, cg_index, cg_value);
   check_paths(paths, cg_index, x1.size(1), x2.size(1), dim_out, w.size(-1));
 }
 
@@ -141,9 +141,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tensor_product_backward(
     const at::Tensor& g, const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w,
     const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
     std::array<bool, 3> mask) {
-  check_rows(g, x1.size(0), "grad_out");
+  check_features(x1, "x1");
   check_like(g, x1, "grad_out");
+  TORCH_CHECK(g.dim() == 2, "grad_out must be 2-D [B, dim_out], got shape ", g.sizes());
   check_tp(x1, x2, w, paths, cg_index, cg_value, g.size(1));
+  check_rows(g, x1.size(0), "grad_out");
   const int64_t B = x1.size(0), d1 = x1.size(1), d2 = x2.size(1), wn = w.size(-1);
   const int64_t dout = g.size(1);
   const bool shared = w.dim() == 1;

@@ -13,53 +13,71 @@
 
 namespace fastcg {
 
+// Every tensor a CPU kernel reads through a raw pointer must be a CPU tensor: the dispatcher
+// picks the CPU kernel from the highest-priority device among the arguments, so an argument on
+// another device would otherwise be read as host memory.
+inline void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got one on ", t.device());
+}
+
 inline void check_tables(const at::Tensor& paths, const at::Tensor& cg_index,
                          const at::Tensor& cg_value) {
+  check_cpu(paths, "paths");
+  check_cpu(cg_index, "cg_index");
+  check_cpu(cg_value, "cg_value");
   TORCH_CHECK(paths.dtype() == at::kLong && paths.dim() == 2 && paths.size(1) == P_NCOLS,
-              "paths must be int64 [P, 13]");
+              "paths must be int64 [P, 13], got ", paths.dtype(), " ", paths.sizes());
   TORCH_CHECK(cg_index.dtype() == at::kLong && cg_index.dim() == 2 && cg_index.size(1) == 3,
-              "cg_index must be int64 [NNZ, 3]");
+              "cg_index must be int64 [NNZ, 3], got ", cg_index.dtype(), " ", cg_index.sizes());
   TORCH_CHECK(cg_value.dtype() == at::kDouble && cg_value.dim() == 1 &&
                   cg_value.size(0) == cg_index.size(0),
-              "cg_value must be float64 [NNZ]");
+              "cg_value must be float64 [NNZ] (NNZ = cg_index.shape[0] = ", cg_index.size(0),
+              "), got ", cg_value.dtype(), " ", cg_value.sizes());
   TORCH_CHECK(paths.is_contiguous() && cg_index.is_contiguous() && cg_value.is_contiguous(),
-              "descriptor tables must be contiguous");
+              "descriptor tables (paths, cg_index, cg_value) must be contiguous");
+}
+
+inline const char* path_fault_message(int fault) {
+  static_assert(kMaxPathL == 1024, "update PATH_L's message");
+  switch (fault) {
+    case PATH_MODE: return "unknown connection mode";
+    case PATH_L: return "l1, l2 or l3 outside [0, 1024]";
+    case PATH_X1: return "its x1 block (off1, mul1, 2 l1 + 1) reads past x1's features";
+    case PATH_X2: return "its x2 block (off2, mul2, 2 l2 + 1) reads past x2's features";
+    case PATH_OUT: return "its output block (off_out, mul_out, 2 l3 + 1) writes past dim_out";
+    case PATH_MULS: return "multiplicities do not fit its mode";
+    case PATH_NO_WEIGHTS: return "a uvw path needs weights (w_off >= 0)";
+    case PATH_WEIGHTS: return "its weight slice reads past the weights";
+    case PATH_CG_ROWS: return "CG rows [cg_begin, cg_end) out of range of cg_index";
+    case PATH_CG_INDEX: return "a CG index (i, j, k) out of range of the irreps' dimensions";
+    default: return "invalid";
+  }
 }
 
 // Every path must stay inside the operands: a table that does not match the tensors (a wrong
 // descriptor passed to torch.ops.fastcg directly) is an error here, not an out-of-bounds read.
+// core/tp.h path_fault is the one definition of "fits" (the CUDA kernels assert path_fits).
 inline void check_paths(const at::Tensor& paths, const at::Tensor& cg_index, int64_t d1,
                         int64_t d2, int64_t dout, int64_t wn) {
+  TORCH_CHECK(dout >= 0, "dim_out must be >= 0, got ", dout);
   const int64_t* p = paths.data_ptr<int64_t>();
   const int64_t* ci = cg_index.data_ptr<int64_t>();
   const int64_t nnz = cg_index.size(0);
   for (int64_t q = 0; q < paths.size(0); ++q, p += P_NCOLS) {
-    const int64_t l1 = p[P_L1], l2 = p[P_L2], l3 = p[P_L3];
-    TORCH_CHECK(p[P_MODE] >= UVW && p[P_MODE] <= UUW, "path ", q, ": unknown mode");
-    TORCH_CHECK(l1 >= 0 && l2 >= 0 && l3 >= 0 && p[P_MUL1] >= 0 && p[P_MUL2] >= 0 &&
-                    p[P_MULO] >= 0 && p[P_OFF1] >= 0 && p[P_OFF2] >= 0 && p[P_OFFO] >= 0,
-                "path ", q, ": negative entry");
-    TORCH_CHECK(p[P_OFF1] + p[P_MUL1] * (2 * l1 + 1) <= d1, "path ", q, " reads past x1 (", d1,
-                " features)");
-    TORCH_CHECK(p[P_OFF2] + p[P_MUL2] * (2 * l2 + 1) <= d2, "path ", q, " reads past x2 (", d2,
-                " features)");
-    TORCH_CHECK(p[P_OFFO] + p[P_MULO] * (2 * l3 + 1) <= dout, "path ", q,
-                " writes past the output (", dout, " features)");
-    TORCH_CHECK(p[P_WOFF] < 0 || p[P_WOFF] + path_weight_numel(p) <= wn, "path ", q,
-                " reads past the weights (", wn, " per row)");
-    const bool mul_ok = p[P_MODE] == UVW ||
-                        (p[P_MODE] == UVU && p[P_MULO] == p[P_MUL1]) ||
-                        (p[P_MODE] == UVV && p[P_MULO] == p[P_MUL2]) ||
-                        (p[P_MODE] == UUW && p[P_MUL1] == p[P_MUL2]) ||
-                        (p[P_MODE] == UUU && p[P_MUL1] == p[P_MUL2] && p[P_MULO] == p[P_MUL1]);
-    TORCH_CHECK(mul_ok, "path ", q, ": multiplicities do not fit its mode");
-    TORCH_CHECK(0 <= p[P_CG_BEGIN] && p[P_CG_BEGIN] <= p[P_CG_END] && p[P_CG_END] <= nnz, "path ",
-                q, ": CG rows out of range");
-    for (int64_t n = p[P_CG_BEGIN]; n < p[P_CG_END]; ++n)
-      TORCH_CHECK(0 <= ci[3 * n] && ci[3 * n] <= 2 * l1 && 0 <= ci[3 * n + 1] &&
-                      ci[3 * n + 1] <= 2 * l2 && 0 <= ci[3 * n + 2] && ci[3 * n + 2] <= 2 * l3,
-                  "path ", q, ": CG index out of range");
+    const int fault = path_fault(p, ci, nnz, d1, d2, dout, wn);
+    TORCH_CHECK(fault == PATH_OK, "paths row ", q, ": ", path_fault_message(fault), " (x1 has ",
+                d1, " features, x2 ", d2, ", the output ", dout, ", the weights ", wn,
+                " per row, cg_index ", nnz, " rows)");
   }
+}
+
+// The features tensor every other argument is compared with: a float32 / float64 CPU matrix.
+inline void check_features(const at::Tensor& x, const char* name) {
+  check_cpu(x, name);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), name,
+              " must be a contiguous 2-D tensor, got shape ", x.sizes());
 }
 
 inline void check_rows(const at::Tensor& t, int64_t rows, const char* name) {
@@ -95,8 +113,10 @@ void blocked_sum(int64_t rows, int64_t width, T* out, F&& per_row) {
 }
 
 inline void check_like(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(t.dtype() == like.dtype() && t.device() == like.device(), name,
-              " must have the dtype and device of the features");
+  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(),
+              " but the features are on ", like.device());
+  TORCH_CHECK(t.dtype() == like.dtype(), name, " has dtype ", t.dtype(),
+              " but the features have ", like.dtype());
 }
 
 inline void check_weights(const at::Tensor& w, int64_t rows, const at::Tensor& like) {
@@ -108,6 +128,7 @@ inline void check_weights(const at::Tensor& w, int64_t rows, const at::Tensor& l
 // Index tensors are validated at the Python boundary too; this O(E) pass keeps direct
 // torch.ops calls (TorchScript, C++) from writing out of bounds.
 inline void check_index(const at::Tensor& idx, int64_t n, int64_t bound, const char* name) {
+  check_cpu(idx, name);
   TORCH_CHECK(idx.dtype() == at::kLong && idx.dim() == 1 && idx.size(0) == n && idx.is_contiguous(),
               name, " must be a contiguous int64 tensor of shape [", n, "]");
   const int64_t* p = idx.data_ptr<int64_t>();

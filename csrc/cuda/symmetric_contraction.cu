@@ -127,23 +127,11 @@ __global__ void sc_weight_kernel(ScTables d, const T* x, const T* t, const T* g,
 }
 
 __global__ void check_sc_tables_kernel(ScTables d) {
-  const int64_t i = thread_index();
-  if (i < d.M) {
-    const int64_t q = d.mono[2 * i + SC_PARENT], v = d.mono[2 * i + SC_VAR];
-    CUDA_KERNEL_ASSERT(q >= -1 && q < i && v >= 0 && v < d.D);
-  }
-  if (i < d.P) {
-    const int64_t j = d.pairs[2 * i + SC_OUT], n = d.pairs[2 * i + SC_MONO];
-    CUDA_KERNEL_ASSERT(j >= 0 && j < d.Dout && n >= 0 && n < d.M);
-  }
-  if (i < d.E) {
-    const int64_t p = d.entries[2 * i + SC_PAIR], k = d.entries[2 * i + SC_K];
-    CUDA_KERNEL_ASSERT(p >= 0 && p < d.P && k >= 0 && k < d.K);
-  }
-  if (i < d.Dout) {
-    const int64_t s = d.cols[2 * i], dim = d.cols[2 * i + 1];
-    CUDA_KERNEL_ASSERT(s >= 0 && s <= i && i < s + dim && s + dim <= d.Dout);
-  }
+  const int64_t i = thread_index();  // core/symmetric_contraction.h, as the CPU kernels check
+  if (i < d.M) CUDA_KERNEL_ASSERT(sc_monomial_fits(d.mono, i, d.D));
+  if (i < d.P) CUDA_KERNEL_ASSERT(sc_pair_fits(d.pairs, i, d.Dout, d.M));
+  if (i < d.E) CUDA_KERNEL_ASSERT(sc_entry_fits(d.entries, i, d.P, d.K));
+  if (i < d.Dout) CUDA_KERNEL_ASSERT(sc_out_col_fits(d.cols, i, d.Dout));
 }
 
 // ---- host side: checks and launches (the kernels above also build as host code for

@@ -61,3 +61,30 @@ def check_weights(w: Tensor | None, numel: int, like: Tensor, name: str) -> Tens
     check_same(w, like, name, "the features")
     check_last_dim(w, numel, name)
     return w
+
+
+# ------------------------------------------------------------------------------- fake kernels
+# The fake (meta) kernels of the registered ops check what metadata alone can tell, as the C++
+# kernels do: an operand on another device (say ``meta`` among CPU tensors, where the dispatcher
+# picks the Meta kernel) is a RuntimeError naming it, never an uninitialised result. No value is
+# read, so nothing syncs with the device.
+
+
+def fake_same_device(op: str, **tensors: Tensor | None) -> None:
+    """Every given tensor (None: an absent optional) on the first one's device; ``op`` is the
+    qualified name the message starts with (``fastcg::conv``)."""
+    ref_name, ref = "", None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if ref is None:
+            ref_name, ref = name, t
+        elif t.device != ref.device:
+            raise RuntimeError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def fake_dtype(op: str, dtype: torch.dtype, **tensors: Tensor | None) -> None:
+    """Every given tensor (None: an absent optional) of this dtype."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype != dtype:
+            raise RuntimeError(f"{op}: {name} must be {dtype}, got {t.dtype}")

@@ -7,7 +7,16 @@ from .. import reference
 from ..backend import namespace
 from ..descriptor import TPDescriptor
 from ._autograd import register_forward_autograd
-from ._checks import check_dims, check_float, check_index, check_last_dim, check_same, check_weights
+from ._checks import (
+    check_dims,
+    check_float,
+    check_index,
+    check_last_dim,
+    check_same,
+    check_weights,
+    fake_dtype,
+    fake_same_device,
+)
 from ._trilinear import _add, double_backward, present, weighted_paths
 
 
@@ -162,16 +171,33 @@ def _fwd_bwd(
     return fwd, bwd
 
 
+def fake_conv_args(
+    op: str, x: Tensor, edge_attr: Tensor, weights: Tensor | None, src: Tensor, dst: Tensor,
+    paths: Tensor, cg_index: Tensor, cg_value: Tensor, **features: Tensor,
+) -> None:  # fmt: skip
+    """The fake kernels' checks of a conv flavour (metadata only): one device, x's dtype for the
+    float operands (``weights`` and ``features``), int64 indices and tables, float64 cg_value."""
+    fake_same_device(op, x=x, edge_attr=edge_attr, weights=weights, **features, src=src, dst=dst,
+                     paths=paths, cg_index=cg_index, cg_value=cg_value)  # fmt: skip
+    fake_dtype(op, x.dtype, edge_attr=edge_attr, weights=weights, **features)
+    fake_dtype(op, torch.int64, src=src, dst=dst, paths=paths, cg_index=cg_index)
+    fake_dtype(op, torch.float64, cg_value=cg_value)
+
+
 def register(ns: str) -> None:
     """Fake kernels and autograd for ``{ns}::conv`` and its backward."""
     ops = getattr(torch.ops, ns)
 
     @torch.library.register_fake(f"{ns}::conv")
     def _(x, edge_attr, weights, src, dst, num_nodes, paths, cg_index, cg_value, dim_out):
+        fake_conv_args(f"{ns}::conv", x, edge_attr, weights, src, dst, paths, cg_index, cg_value)
+        # num_nodes stays symbolic (SymInt): one graph for every number of atoms
         return x.new_empty(num_nodes, dim_out)
 
     @torch.library.register_fake(f"{ns}::conv_backward")
     def _(grad_out, x, edge_attr, weights, src, dst, paths, cg_index, cg_value, output_mask):
+        fake_conv_args(f"{ns}::conv_backward", x, edge_attr, weights, src, dst, paths, cg_index,
+                       cg_value, grad_out=grad_out)  # fmt: skip
         inputs = (x, edge_attr, weights)
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, inputs))
 
@@ -215,10 +241,15 @@ def register_radial(ns: str) -> None:
 
     @torch.library.register_fake(f"{ns}::conv_radial")
     def _(x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths, cgi, cgv, dim_out):
+        fake_conv_args(f"{ns}::conv_radial", x, edge_attr, None, src, dst, paths, cgi, cgv,
+                       radial=radial, radial_weight=radial_weight)  # fmt: skip
         return x.new_empty(num_nodes, dim_out)
 
     @torch.library.register_fake(f"{ns}::conv_radial_backward")
     def _(grad_out, x, edge_attr, radial, radial_weight, src, dst, paths, cgi, cgv, mask):
+        op = f"{ns}::conv_radial_backward"
+        fake_conv_args(op, x, edge_attr, None, src, dst, paths, cgi, cgv, radial=radial,
+                       radial_weight=radial_weight, grad_out=grad_out)  # fmt: skip
         inputs = (x, edge_attr, radial, radial_weight)
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(mask, inputs))
 

@@ -7,7 +7,14 @@ from .. import reference
 from ..backend import namespace
 from ..descriptor import LinearDescriptor
 from ._autograd import register_forward_autograd
-from ._checks import check_float, check_index, check_last_dim, check_same
+from ._checks import (
+    check_float,
+    check_index,
+    check_last_dim,
+    check_same,
+    fake_dtype,
+    fake_same_device,
+)
 
 
 def linear_tables(
@@ -72,12 +79,22 @@ def register(ns: str) -> None:
     """Fake kernels and autograd for ``{ns}::linear`` and its backward."""
     ops = getattr(torch.ops, ns)
 
+    def check(op, x, weights, species, paths, path_coeff, grad_out=None):
+        # metadata only, as the C++ kernels check it: one device, one float dtype, table dtypes
+        fake_same_device(op, x=x, weights=weights, species=species, grad_out=grad_out,
+                         paths=paths, path_coeff=path_coeff)  # fmt: skip
+        fake_dtype(op, x.dtype, weights=weights, grad_out=grad_out)
+        fake_dtype(op, torch.int64, species=species, paths=paths)
+        fake_dtype(op, torch.float64, path_coeff=path_coeff)
+
     @torch.library.register_fake(f"{ns}::linear")
     def _(x, weights, species, paths, path_coeff, dim_out):
+        check(f"{ns}::linear", x, weights, species, paths, path_coeff)
         return x.new_empty(x.shape[0], dim_out)
 
     @torch.library.register_fake(f"{ns}::linear_backward")
     def _(grad_out, x, weights, species, paths, path_coeff, output_mask):
+        check(f"{ns}::linear_backward", x, weights, species, paths, path_coeff, grad_out)
         inputs = (x, weights)
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, inputs))
 

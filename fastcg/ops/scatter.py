@@ -6,7 +6,7 @@ from torch import Tensor
 from .. import reference
 from ..backend import namespace
 from ._autograd import register_forward_autograd
-from ._checks import check_float, check_index
+from ._checks import check_float, check_index, fake_dtype, fake_same_device
 
 
 def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
@@ -47,6 +47,10 @@ def register(ns: str) -> None:
 
     @torch.library.register_fake(f"{ns}::scatter_sum")
     def _(src, index, dim_size):
+        op = f"{ns}::scatter_sum"
+        fake_same_device(op, src=src, index=index)
+        fake_dtype(op, torch.int64, index=index)
+        # dim_size stays symbolic (SymInt): one graph for every number of nodes
         return src.new_empty([dim_size] + list(src.shape[1:]))
 
     def setup(ctx, inputs, output):

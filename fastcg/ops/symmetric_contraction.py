@@ -26,7 +26,7 @@ from ..backend import namespace
 from ..irreps import irreps as to_irreps
 from ..irreps import o3
 from ._autograd import register_forward_autograd
-from ._checks import check_float, check_index, check_same
+from ._checks import check_float, check_index, check_same, fake_dtype, fake_same_device
 
 _ZERO = 1e-12  # symmetrised coefficients below this (relative to max |U|) are rounding residue
 
@@ -288,17 +288,33 @@ def register(ns: str) -> None:
     """Fake kernels and autograd for ``{ns}::symmetric_contraction`` and its backward."""
     ops = getattr(torch.ops, ns)
 
+    def check(op, x, species, weights, monomials, pairs, entries, coeff, out_cols, **grads):
+        # metadata only, as the C++ kernels check it: one device, one float dtype, table dtypes
+        fake_same_device(op, x=x, species=species, weights=weights, **grads, monomials=monomials,
+                         pairs=pairs, entries=entries, coeff=coeff, out_cols=out_cols)  # fmt: skip
+        fake_dtype(op, x.dtype, weights=weights, **grads)
+        fake_dtype(op, torch.int64, species=species, monomials=monomials, pairs=pairs,
+                   entries=entries, out_cols=out_cols)  # fmt: skip
+        fake_dtype(op, torch.float64, coeff=coeff)
+
     @torch.library.register_fake(f"{ns}::symmetric_contraction")
     def _(x, species, weights, monomials, pairs, entries, coeff, out_cols):
+        check(f"{ns}::symmetric_contraction", x, species, weights, monomials, pairs, entries,
+              coeff, out_cols)  # fmt: skip
         return x.new_empty(x.shape[0], x.shape[1] * out_cols.shape[0])
 
     @torch.library.register_fake(f"{ns}::symmetric_contraction_backward")
     def _(grad_out, x, species, weights, monomials, pairs, entries, coeff, out_cols, mask):
+        check(f"{ns}::symmetric_contraction_backward", x, species, weights, monomials, pairs,
+              entries, coeff, out_cols, grad_out=grad_out)  # fmt: skip
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(mask, (x, weights)))
 
     @torch.library.register_fake(f"{ns}::symmetric_contraction_double_backward")
     def _(grad_out, x, species, weights, ggx, ggw, monomials, pairs, entries, coeff, out_cols,
           mask):  # fmt: skip
+        check(f"{ns}::symmetric_contraction_double_backward", x, species, weights, monomials,
+              pairs, entries, coeff, out_cols, grad_out=grad_out, grad_grad_x=ggx,
+              grad_grad_weights=ggw)  # fmt: skip
         inputs = (grad_out, x, weights)
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(mask, inputs))
 

@@ -7,7 +7,14 @@ from .. import reference
 from ..backend import namespace
 from ..descriptor import TPDescriptor
 from ._autograd import register_forward_autograd
-from ._checks import check_float, check_last_dim, check_same, check_weights
+from ._checks import (
+    check_float,
+    check_last_dim,
+    check_same,
+    check_weights,
+    fake_dtype,
+    fake_same_device,
+)
 from ._trilinear import double_backward, present, weighted_paths
 
 
@@ -26,7 +33,11 @@ def broadcast(a: list[int], b: list[int]) -> list[int]:
 
 def _flat(t: Tensor, batch: list[int]) -> Tensor:
     size = t.shape[-1]
-    return t.expand(batch + [size]).reshape(-1, size).contiguous()
+    rows = 1
+    for n in batch:
+        rows *= n
+    # explicit rows, not -1: a zero-width operand (empty irreps) has no size to infer it from
+    return t.expand(batch + [size]).reshape(rows, size).contiguous()
 
 
 def tensor_product_tables(
@@ -86,12 +97,23 @@ def register(ns: str) -> None:
     """Fake kernels and autograd for ``{ns}::tensor_product`` and its backward."""
     ops = getattr(torch.ops, ns)
 
+    def check(op, x1, x2, weights, paths, cg_index, cg_value, grad_out=None):
+        # metadata only, as the C++ kernels check it: one device, one float dtype, table dtypes
+        fake_same_device(op, x1=x1, x2=x2, weights=weights, grad_out=grad_out, paths=paths,
+                         cg_index=cg_index, cg_value=cg_value)  # fmt: skip
+        fake_dtype(op, x1.dtype, x2=x2, weights=weights, grad_out=grad_out)
+        fake_dtype(op, torch.int64, paths=paths, cg_index=cg_index)
+        fake_dtype(op, torch.float64, cg_value=cg_value)
+
     @torch.library.register_fake(f"{ns}::tensor_product")
     def _(x1, x2, weights, paths, cg_index, cg_value, dim_out):
+        check(f"{ns}::tensor_product", x1, x2, weights, paths, cg_index, cg_value)
         return x1.new_empty(x1.shape[0], dim_out)
 
     @torch.library.register_fake(f"{ns}::tensor_product_backward")
     def _(grad_out, x1, x2, weights, paths, cg_index, cg_value, output_mask):
+        op = f"{ns}::tensor_product_backward"
+        check(op, x1, x2, weights, paths, cg_index, cg_value, grad_out=grad_out)
         inputs = (x1, x2, weights)
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, inputs))
 
