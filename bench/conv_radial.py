@@ -54,7 +54,7 @@ def _fn(lib: str, p, t: dict, dtype):
         return e3nn
 
     def fastcg_fn(x, h, v):
-        y = fastcg.spherical_harmonics(v, lmax)
+        y = fastcg.spherical_harmonics(v, lmax, True, "component")
         if lib == "fastcg-radial":
             return fastcg.conv_radial(x, y, h, t["W"], t["src"], t["dst"], n, d)
         return fastcg.conv(x, y, h @ t["W"], t["src"], t["dst"], n, d)

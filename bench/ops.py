@@ -103,12 +103,12 @@ def _fastcg(op: str, p, t: dict):
     import fastcg
 
     if op == "spherical_harmonics":
-        return lambda: fastcg.spherical_harmonics(t["vectors"], p.lmax)
+        return lambda: fastcg.spherical_harmonics(t["vectors"], p.lmax, True, "component")
     if op == "conv":
         d, n, lmax = t["descriptor"], p.num_nodes, p.lmax_sh
 
         def conv():
-            y = fastcg.spherical_harmonics(t["vectors"], lmax)
+            y = fastcg.spherical_harmonics(t["vectors"], lmax, True, "component")
             return fastcg.conv(t["x"], y, t["weights"], t["src"], t["dst"], n, d)
 
         return conv

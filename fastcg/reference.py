@@ -6,11 +6,13 @@ tables. Tests compare these with e3nn and the kernels with these.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from .cg import sparse_cg
 from .descriptor import MODES, LinearDescriptor, TPDescriptor
-from .irreps import o3
 
 _EINSUM = {  # out block from x1 [B,u,i], x2 [B,v,j], C [i,j,k], per-sample weights
     "uvw": "zui,zvj,ijk,zuvw->zwk",
@@ -21,17 +23,50 @@ _EINSUM = {  # out block from x1 [B,u,i], x2 [B,v,j], C [i,j,k], per-sample weig
 }
 
 
+def sh_scale(normalization: str, l: int) -> float:
+    """e3nn's output scale of degree l relative to "component" normalisation."""
+    if normalization == "norm":
+        return 1.0 / math.sqrt(2 * l + 1)
+    if normalization == "integral":
+        return 1.0 / math.sqrt(4 * math.pi)
+    return 1.0
+
+
+def unit_vectors(vectors: Tensor) -> Tensor:
+    """``vectors / |vectors|``: zero vectors give zero with zero gradients (the squared norm is
+    masked before the square root, whose gradient at 0 is NaN); NaN or inf give NaN, as e3nn."""
+    sq = vectors.pow(2).sum(dim=-1, keepdim=True)
+    zero = sq == 0  # not ``sq > 0``: that would turn a NaN norm into a zero vector
+    norm = torch.where(zero, torch.ones_like(sq), sq).sqrt()
+    return torch.where(zero, torch.zeros_like(vectors), vectors / norm)
+
+
+# torch.compile runs this eagerly and keeps the result: e3nn's wigner_3j would break the graph
+@torch.compiler.assume_constant_result
+def sh_recursion_terms(l: int) -> tuple[tuple[int, int, int, float], ...]:
+    """The terms (i, j, m, c) of Y_{l+1}[m] = sum c Y_l[i] r_j (see spherical_harmonics)."""
+    s = (2 * l + 3) / math.sqrt(l + 1)
+    return tuple((i, j, m, s * c) for i, j, m, c in sparse_cg(l, 1, l + 1))
+
+
 def spherical_harmonics(
-    vectors: Tensor, lmax: int, normalize: bool = True, normalization: str = "component"
+    vectors: Tensor, lmax: int, normalize: bool = True, normalization: str = "integral"
 ) -> Tensor:
-    """e3nn's spherical harmonics l = 0..lmax; zero vectors give zero gradients when normalized."""
-    if normalize:
-        # norm() has a NaN gradient at 0; the squared norm does not, so mask before the sqrt.
-        sq = vectors.pow(2).sum(dim=-1, keepdim=True)
-        nonzero = sq > 0
-        norm = torch.where(nonzero, sq, torch.ones_like(sq)).sqrt()
-        vectors = torch.where(nonzero, vectors / norm, torch.zeros_like(vectors))
-    return o3().spherical_harmonics(list(range(lmax + 1)), vectors, False, normalization)
+    """e3nn's spherical harmonics l = 0..lmax, any lmax, by e3nn's own recursion.
+
+    Y_0 = 1 and Y_{l+1}[m] = s_l sum_ij C[i, j, m] Y_l[i] r_j with C = wigner_3j(l, 1, l + 1) and
+    s_l = (2l + 3) / sqrt(l + 1) are e3nn's "component" harmonics (its generator builds its
+    polynomials this way); e3nn's own polynomials are not called, so a test run that swaps
+    ``e3nn.o3.spherical_harmonics`` for fastcg's still compares with an independent oracle.
+    """
+    r = unit_vectors(vectors) if normalize else vectors
+    y = [torch.ones_like(r[..., :1])]  # 1 even for a NaN vector, as e3nn's ones_like(x)
+    for l in range(lmax):
+        cols = [torch.zeros_like(r[..., 0]) for _ in range(2 * l + 3)]
+        for i, j, m, c in sh_recursion_terms(l):  # sparse: a NaN reaches only its own terms
+            cols[m] = cols[m] + c * y[l][..., i] * r[..., j]
+        y.append(torch.stack(cols, dim=-1))
+    return torch.cat([block * sh_scale(normalization, l) for l, block in enumerate(y)], dim=-1)
 
 
 def _dense_cg(row: list[int], cg_index: Tensor, cg_value: Tensor, like: Tensor) -> Tensor:

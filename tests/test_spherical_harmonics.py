@@ -38,9 +38,9 @@ def test_matches_e3nn(lmax, normalization, normalize, dtype, backend):
 
 
 def test_default_arguments(backend):
-    """Defaults are normalize=True, normalization="component" (e3nn's most used convention)."""
+    """Defaults are normalize=True, normalization="integral": e3nn's default (issue 13)."""
     vectors = torch.randn(5, 3, dtype=F64)
-    assert_close(fastcg.spherical_harmonics(vectors, 3), e3nn_sh(vectors, 3, True, "component"))
+    assert_close(fastcg.spherical_harmonics(vectors, 3), e3nn_sh(vectors, 3, True, "integral"))
 
 
 def test_batch_dims(backend):
@@ -58,7 +58,7 @@ def test_zero_size(normalize, backend):
     (grad,) = torch.autograd.grad(out.sum(), vectors)
     assert grad.shape == (0, 3)
     empty = torch.zeros(2, 0, 3, dtype=F64)
-    assert fastcg.spherical_harmonics(empty, 2).shape == (2, 0, 9)
+    assert fastcg.spherical_harmonics(empty, 2, True, "component").shape == (2, 0, 9)
 
 
 def test_non_contiguous(dtype, backend):
@@ -74,7 +74,7 @@ def test_non_contiguous(dtype, backend):
 def test_non_contiguous_gradient(backend):
     v = torch.randn(3, 10, dtype=F64).T.detach().requires_grad_()
     g = torch.randn(25, 10, dtype=F64).T
-    (ours,) = torch.autograd.grad(fastcg.spherical_harmonics(v, 4), v, g)
+    (ours,) = torch.autograd.grad(fastcg.spherical_harmonics(v, 4, True, "component"), v, g)
     (theirs,) = torch.autograd.grad(e3nn_sh(v, 4, True, "component"), v, g)
     assert_close(ours, theirs)
 
@@ -187,7 +187,7 @@ def test_opcheck(lmax, normalization, normalize):
 
 def test_third_derivative_raises_clearly():
     v = torch.randn(4, 3, dtype=F64, requires_grad=True)
-    y = fastcg.spherical_harmonics(v, 2)
+    y = fastcg.spherical_harmonics(v, 2, True, "component")
     (g,) = torch.autograd.grad(y.pow(2).sum(), v, create_graph=True)
     (h,) = torch.autograd.grad(g.pow(2).sum(), v, create_graph=True)
     with pytest.raises(NotImplementedError, match="third derivatives"):

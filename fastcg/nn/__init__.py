@@ -12,7 +12,7 @@ from .fc import FullyConnectedNet
 from .gate import Activation, Gate
 from .linear import Linear
 from .species_linear import SpeciesLinear
-from .spherical_harmonics import SphericalHarmonics
+from .spherical_harmonics import SphericalHarmonics, spherical_harmonics
 from .symmetric_contraction import SymmetricContraction
 from .tensor_product import ElementwiseTensorProduct, FullyConnectedTensorProduct, TensorProduct
 
@@ -29,6 +29,7 @@ __all__ = [
     "TensorProduct",
     "TensorProductConv",
     "convert",
+    "spherical_harmonics",
 ]
 
 

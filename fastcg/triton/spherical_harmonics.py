@@ -68,7 +68,8 @@ def _load_unit(v, zs, zm, NORMALIZE: tl.constexpr):
     inv_r = 0.0 * x
     if NORMALIZE:
         r = tl.sqrt(x * x + y * y + z * z)
-        inv_r = tl.where(r > 0, 1.0 / tl.where(r > 0, r, 1.0), 0.0)
+        # only r == 0 is masked: a NaN r must make x, y and z NaN (e3nn), not 0 * finite
+        inv_r = tl.where(r == 0, 0.0, 1.0 / tl.where(r == 0, 1.0, r))
         x = x * inv_r
         y = y * inv_r
         z = z * inv_r

@@ -270,6 +270,24 @@ def test_spherical_harmonics(triton_backend, normalize, normalization):
 
 
 @pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
+def test_spherical_harmonics_nan(triton_backend, normalize):
+    """NaN / inf vectors: non-finite exactly where the reference (e3nn's pattern) is; one NaN
+    component makes every normalised l >= 1 NaN; zero vectors stay finite."""
+    nan, inf = float("nan"), float("inf")
+    v = torch.tensor(
+        [[nan, 0.5, 0.2], [inf, 0.0, 1.0], [0.0, 0.0, 0.0], [0.3, -0.4, 1.1]], dtype=torch.float64
+    )
+    for lmax in (1, 4):
+        fn = lambda v: fastcg.spherical_harmonics(v, lmax, normalize, "integral")  # noqa: E731,B023
+        out, ref = fn(v), run("reference", fn, v)
+        finite = torch.isfinite(ref)
+        assert torch.equal(torch.isfinite(out), finite)
+        _close(out[finite], ref[finite], 1e-10)
+        if normalize:
+            assert torch.isnan(out[0, 1:]).all()
+
+
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "raw"])
 def test_spherical_harmonics_double_backward(triton_backend, normalize):
     v = (torch.randn(3, 3, dtype=torch.float64) + 0.5).requires_grad_(True)
     for lmax in (1, 3):
