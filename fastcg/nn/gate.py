@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..descriptor import InvalidSpecification
 from ..irreps import irreps as to_irreps
 from ..irreps import o3
 from .tensor_product import ElementwiseTensorProduct, load_twin
@@ -165,21 +166,25 @@ class Gate(torch.nn.Module):
         o3()  # imports e3nn with the flag e3nn 0.4.4 needs
         irreps_scalars, irreps_gates = to_irreps(irreps_scalars), to_irreps(irreps_gates)
         irreps_gated = to_irreps(irreps_gated)
-        if len(irreps_gates) > 0 and irreps_gates.lmax > 0:
-            raise ValueError(
+        # e3nn tests ``irreps.lmax > 0``, which fails on blocks of multiplicity 0 ("0x0e")
+        if any(ir.l > 0 for _, ir in irreps_gates):
+            raise InvalidSpecification(
                 f"Gate scalars must be scalars, instead got irreps_gates = {irreps_gates}"
             )
-        if len(irreps_scalars) > 0 and irreps_scalars.lmax > 0:
-            raise ValueError(
+        if any(ir.l > 0 for _, ir in irreps_scalars):
+            raise InvalidSpecification(
                 f"Scalars must be scalars, instead got irreps_scalars = {irreps_scalars}"
             )
         if irreps_gates.num_irreps != irreps_gated.num_irreps:
-            raise ValueError(f"There are {irreps_gated.num_irreps} irreps in irreps_gated but "
-                             f"{irreps_gates.num_irreps} gate scalars in irreps_gates")  # fmt: skip
+            raise InvalidSpecification(
+                f"There are {irreps_gated.num_irreps} irreps in irreps_gated but "
+                f"{irreps_gates.num_irreps} gate scalars in irreps_gates"
+            )
         self._sortcut(irreps_scalars, irreps_gates, irreps_gated)
         self.act_scalars = Activation(irreps_scalars, act_scalars)
         self.act_gates = Activation(irreps_gates, act_gates)
-        self.mul = ElementwiseTensorProduct(self.irreps_gated, self.act_gates.irreps_out)
+        # e3nn pairs the gates with irreps_gated as given (not simplified): same irreps_out
+        self.mul = ElementwiseTensorProduct(irreps_gated, self.act_gates.irreps_out)
         self._irreps_out = self.act_scalars.irreps_out + self.mul.irreps_out
         self._has_gates = self.irreps_gates.dim > 0
         # gated component c is multiplied by gate scalar gate_of[c]

@@ -14,7 +14,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..descriptor import TPDescriptor, _normalisation, from_e3nn, tensor_product_descriptor
+from ..descriptor import (
+    InvalidSpecification,
+    TPDescriptor,
+    from_e3nn,
+    tensor_product_descriptor,
+    weight_shape,
+)
 from ..irreps import irreps as to_irreps
 from ..irreps import o3
 from ..ops import tensor_product_tables
@@ -35,12 +41,8 @@ class Instruction(NamedTuple):
 
 
 def path_shape(mode: str, mul1: int, mul2: int, mul_out: int) -> tuple[int, ...]:
-    """e3nn's weight shape of one instruction."""
-    shapes = {"uvw": (mul1, mul2, mul_out), "uvu": (mul1, mul2), "uvv": (mul1, mul2),
-              "uuw": (mul1, mul_out), "uuu": (mul1,)}  # fmt: skip
-    if mode not in shapes:
-        raise NotImplementedError(f"connection mode {mode!r} is not supported by fastcg")
-    return shapes[mode]
+    """e3nn's weight shape of one instruction (every e3nn connection mode)."""
+    return weight_shape(mode, mul1, mul2, mul_out)
 
 
 class Float64Tables(torch.nn.Module):
@@ -85,23 +87,20 @@ def load_twin(twin: torch.nn.Module, module: torch.nn.Module) -> Any:
     return twin
 
 
-def _variances(var: Any, irreps: Any, name: str) -> list[float] | None:
-    if var is None:
-        return None
-    var = [float(v) for v in var]
-    if len(var) != len(irreps):
-        raise ValueError(
-            f"len({name}) = {len(var)} must equal the number of irreps ({len(irreps)})"
-        )
-    return var
-
-
 class TensorProduct(Float64Tables):
     r"""``e3nn.o3.TensorProduct`` on fastcg kernels: :math:`z = w \, x \otimes y`.
 
-    Same arguments as e3nn (``compile_left_right``, ``compile_right``, ``_specialized_code`` and
-    ``_optimize_einsums`` are accepted and ignored; ``right()`` is not provided). Connection modes
-    uvw, uvu, uvv, uuw and uuu are supported.
+    Same arguments, attributes, weight layout and errors as e3nn 0.6: every connection mode
+    (uvw, uvu, uvv, uuw, uuu, uvuv, uvu<v, u<vw), ``right()``, weight views, internal / shared /
+    external weights. ``compile_left_right``, ``compile_right``, ``_specialized_code`` and
+    ``_optimize_einsums`` are recorded and change nothing (the kernels are the same either way).
+    An invalid specification raises ``fastcg.descriptor.InvalidSpecification`` (a ValueError and
+    an AssertionError) here, where e3nn's constructor raises.
+
+    Where e3nn 0.6 misbehaves, fastcg does not copy it: negative instruction indices and uvu<v /
+    u<vw with mul2 = 0 < mul1 (a negative weight count) are refused; a path with an empty block
+    leaves later paths in their own output blocks; ``weight_view_for_instruction`` counts the
+    weights of weighted instructions only; ``right()`` exists for every mode.
 
     >>> tp = TensorProduct("2x1o", "1x1o", "2x0e", [(0, 0, 0, "uvu", True)])
     >>> tp(torch.randn(5, 6), torch.randn(5, 3)).shape
@@ -111,6 +110,8 @@ class TensorProduct(Float64Tables):
     shared_weights: bool
     internal_weights: bool
     weight_numel: int
+    _specialized_code: bool
+    _optimize_einsums: bool
     _in1_dim: int
     _in2_dim: int
     _out_dim: int
@@ -137,8 +138,6 @@ class TensorProduct(Float64Tables):
         _optimize_einsums: bool | None = None,
     ) -> None:
         super().__init__()
-        if compile_right:
-            raise NotImplementedError("fastcg.nn.TensorProduct has no right(); use e3nn for it")
         if normalization is not None:  # e3nn's deprecated spelling wins, as in e3nn
             warnings.warn(
                 "`normalization` is deprecated. Use `irrep_normalization` instead.",
@@ -146,29 +145,16 @@ class TensorProduct(Float64Tables):
                 stacklevel=2,
             )
             irrep_normalization = normalization
-        irrep_normalization = irrep_normalization or "component"
-        path_normalization = path_normalization or "element"
         ir1, ir2, iro = to_irreps(irreps_in1), to_irreps(irreps_in2), to_irreps(irreps_out)
-        var = [
-            _variances(in1_var, ir1, "in1_var"),
-            _variances(in2_var, ir2, "in2_var"),
-            _variances(out_var, iro, "out_var"),
-        ]
-        ins = [tuple(i) if len(i) == 6 else (*i, 1.0) for i in instructions]
         desc = tensor_product_descriptor(
-            ir1, ir2, iro, ins, *var, irrep_normalization, path_normalization
-        )  # validates everything
-        var = [[1.0] * len(ir) if v is None else v for v, ir in zip(var, (ir1, ir2, iro))]
-        final = [
-            Instruction(
-                i[0], i[1], i[2], i[3], bool(i[4]),
-                _normalisation(i, ins, ir1, ir2, iro, *var, irrep_normalization,
-                               path_normalization),
-                path_shape(i[3], ir1[i[0]].mul, ir2[i[1]].mul, iro[i[2]].mul),
-            )
-            for i in ins
-        ]  # fmt: skip
+            ir1, ir2, iro, instructions, in1_var, in2_var, out_var,
+            irrep_normalization or "component", path_normalization or "element",
+        )  # validates everything, as e3nn's constructor  # fmt: skip
+        final = [Instruction(*i) for i in desc.instructions]
         self._setup(ir1, ir2, iro, final, desc, internal_weights, shared_weights)
+        self._specialized_code, self._optimize_einsums = _optimization_flags(
+            _specialized_code, _optimize_einsums
+        )
 
     def _setup(
         self, ir1: Any, ir2: Any, iro: Any, instructions: list[Instruction],
@@ -188,7 +174,9 @@ class TensorProduct(Float64Tables):
         if internal_weights is None:
             internal_weights = shared_weights and any(i.has_weight for i in instructions)
         if internal_weights and not shared_weights:
-            raise ValueError("internal_weights=True needs shared_weights=True (as in e3nn)")
+            raise InvalidSpecification(
+                "internal_weights=True needs shared_weights=True (as in e3nn)"
+            )
         self.internal_weights, self.shared_weights = bool(internal_weights), bool(shared_weights)
         self.weight_numel = sum(prod(i.path_shape) for i in instructions if i.has_weight)
         if internal_weights and self.weight_numel > 0:
@@ -201,15 +189,28 @@ class TensorProduct(Float64Tables):
         self.register_buffer("_paths", paths, persistent=False)
         self.register_buffer("_cg_index", cg_index, persistent=False)
         self.register_buffer("_cg_value", cg_value, persistent=False)
+        self._specialized_code, self._optimize_einsums = _optimization_flags(None, None)
 
     @classmethod
     def from_e3nn(cls, module: torch.nn.Module) -> Any:
-        """The fastcg twin of an e3nn ``TensorProduct`` (same instructions, weights and flags)."""
+        """The fastcg twin of an e3nn ``TensorProduct`` (same instructions, weights and flags).
+
+        Raises NotImplementedError for a subclass with its own ``forward`` (e.g. e3nn's
+        ``TensorSquare(x)``): a twin with TensorProduct's ``forward(x, y)`` would break callers.
+        """
+        base = o3().TensorProduct
+        if isinstance(module, base) and type(module).forward is not base.forward:
+            raise NotImplementedError(
+                f"{type(module).__name__} has its own forward; fastcg has no twin of it"
+            )
         twin = cls.__new__(cls)
         Float64Tables.__init__(twin)
         ins = [Instruction(*tuple(i)) for i in module.instructions]
         twin._setup(module.irreps_in1, module.irreps_in2, module.irreps_out, ins, None,
                     module.internal_weights, module.shared_weights)  # fmt: skip
+        twin._specialized_code, twin._optimize_einsums = _optimization_flags(
+            getattr(module, "_specialized_code", None), getattr(module, "_optimize_einsums", None)
+        )
         return load_twin(twin, module)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
@@ -260,6 +261,24 @@ class TensorProduct(Float64Tables):
             self._out_dim, self.weight_numel,
         )  # fmt: skip
 
+    @torch.jit.export
+    def right(self, y: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The operator ``x -> forward(x, y, weight)``: ``[..., irreps_in1.dim, irreps_out.dim]``.
+
+        ``forward(x, y, w) == einsum("...i,...ik->...k", x, right(y, w))``. Built as the product
+        of the identity (one row per input component) with ``y``: the op is linear in x.
+        """
+        if not torch.jit.is_scripting():
+            weight = self._prep_weights_python(weight)
+        w = self._get_weights(weight)
+        if w is not None and not self.shared_weights:
+            w = w.unsqueeze(-2)  # batch dims of y and w, then one row per x1 component
+        eye = torch.eye(self._in1_dim, dtype=y.dtype, device=y.device)
+        return tensor_product_tables(
+            eye, y.unsqueeze(-2), w, self._paths, self._cg_index, self._cg_value, self._in1_dim,
+            self._in2_dim, self._out_dim, self.weight_numel,
+        )  # fmt: skip
+
     @torch.jit.unused
     def weight_view_for_instruction(self, instruction: int, weight: Tensor | None = None) -> Tensor:
         """View of the weights of one instruction, shaped ``batch + path_shape`` (as e3nn)."""
@@ -288,6 +307,19 @@ class TensorProduct(Float64Tables):
         weight = self._prep_weights_python(weight)
         w = self._get_weights(weight)
         return self.weight if w is None else w
+
+
+def _optimization_flags(specialized: bool | None, optimize: bool | None) -> tuple[bool, bool]:
+    """e3nn's ``_specialized_code`` / ``_optimize_einsums`` (its defaults where None)."""
+    try:
+        from e3nn import get_optimization_defaults
+
+        defaults = get_optimization_defaults()
+    except ImportError:  # e3nn before 0.4 had no such defaults
+        defaults = {"specialized_code": True, "optimize_einsums": True}
+    specialized = defaults["specialized_code"] if specialized is None else specialized
+    optimize = defaults["optimize_einsums"] if optimize is None else optimize
+    return bool(specialized), bool(optimize)
 
 
 def _output_mask(irreps_out: Any, instructions: list[Instruction]) -> Tensor:
@@ -352,7 +384,7 @@ class ElementwiseTensorProduct(TensorProduct):
         if filter_ir_out is not None:
             filter_ir_out = [o3().Irrep(ir) for ir in filter_ir_out]
         if ir1.num_irreps != ir2.num_irreps:
-            raise ValueError(f"{ir1} and {ir2} do not have the same number of irreps")
+            raise InvalidSpecification(f"{ir1} and {ir2} do not have the same number of irreps")
         a, b = _split_to_match(list(ir1), list(ir2))
         out, instructions = [], []
         for i, ((mul, ir_1), (_, ir_2)) in enumerate(zip(a, b)):
