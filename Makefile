@@ -77,7 +77,9 @@ test-main: setup-cuda
 	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/with_mace --ignore=tests/mace_layers
 
 # e3nn 0.6.0's own tests (from its sdist) with fastcg's classes in place of e3nn's
-# (tests/e3nn_suite/plugin.py): tensor products, linear, spherical harmonics and gates.
+# (tests/e3nn_suite/plugin.py): tensor products, linear, spherical harmonics and gates. Its
+# tests are drawn at random at collection (a set of tuples holding strings): the plugin seeds
+# random and PYTHONHASHSEED fixes set order, so the pytest-xdist workers collect the same tests.
 E3NN_VERSION := 0.6.0
 E3NN_TESTS := build/e3nn-$(E3NN_VERSION)/tests
 E3NN_SUITE := o3/tensor_product_test.py o3/tensor_product_sub_test.py o3/linear_test.py \
@@ -89,7 +91,7 @@ $(E3NN_TESTS): | $(PY)
 	tar -xzf build/e3nn-$(E3NN_VERSION).tar.gz -C build e3nn-$(E3NN_VERSION)/tests
 
 test-e3nn: setup $(E3NN_TESTS)
-	$(PY) -m pytest -q -p tests.e3nn_suite.plugin -p no:cacheprovider --rootdir $(E3NN_TESTS) \
+	PYTHONHASHSEED=0 $(PY) -m pytest -q -n 2 -p tests.e3nn_suite.plugin -p no:cacheprovider --rootdir $(E3NN_TESTS) \
 		$(addprefix $(E3NN_TESTS)/,$(E3NN_SUITE))
 
 # The Triton interpreter must be switched on before kernels are imported: its own process.
