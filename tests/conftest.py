@@ -272,3 +272,15 @@ def D(irreps: str, r: torch.Tensor) -> torch.Tensor:
     """float64 representation matrix of ``irreps`` for the (possibly improper) rotation ``r``."""
     with default_dtype(torch.float64):  # e3nn's J matrices are float32 under the float32 default
         return o3.Irreps(irreps).D_from_matrix(r.to(torch.float64))
+
+
+def namespaces() -> list[str]:
+    """The op namespaces built here: fastcg, and fastcg_triton where Triton imports."""
+    out = ["fastcg"]
+    try:
+        import fastcg.triton  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        out.append("fastcg_triton")
+    return out

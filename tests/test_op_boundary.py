@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import namespaces
 
 import fastcg
 from fastcg.ops.symmetric_contraction import symmetric_contraction_descriptor
@@ -78,17 +79,6 @@ def tensor_args(op) -> list[tuple[int, str]]:
             t = t.getElementType()
         if isinstance(t, torch.TensorType):
             out.append((i, a.name))
-    return out
-
-
-def namespaces() -> list[str]:
-    out = ["fastcg"]
-    try:
-        import fastcg.triton  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        out.append("fastcg_triton")
     return out
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import assert_close, descriptor
+from conftest import assert_close, descriptor, namespaces
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.export import Dim
 
@@ -25,17 +25,6 @@ def _fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-
-
-def namespaces() -> list[str]:
-    out = ["fastcg"]
-    try:
-        import fastcg.triton  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        out.append("fastcg_triton")
-    return out
 
 
 @pytest.mark.parametrize("ns", namespaces())
