@@ -73,6 +73,7 @@ test: test-main test-e3nn test-triton test-aot test-mace
 
 test-main: setup-cuda
 	$(VENV)/bin/ruff check fastcg tests bench tools
+	$(VENV)/bin/ruff format --check fastcg tests bench tools
 	$(PY) tools/gen_sh.py --check
 	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/with_mace --ignore=tests/mace_layers
 

@@ -12,6 +12,7 @@ from . import _C  # noqa: F401  (registers the op schemas and C++ kernels)
 from .backend import get_backend, use_backend
 from .convert import convert
 from .descriptor import (
+    InvalidSpecification,
     LinearDescriptor,
     TPDescriptor,
     linear_descriptor,
@@ -36,6 +37,7 @@ def library_path() -> str:
 
 
 __all__ = [
+    "InvalidSpecification",
     "LinearDescriptor",
     "TPDescriptor",
     "conv",
