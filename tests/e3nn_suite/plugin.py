@@ -37,12 +37,12 @@ _built: collections.Counter[str] = collections.Counter()
 def _counting(cls: type, name: str) -> type:
     """``cls`` with construction counted (a subclass would break ``type(m) is cls`` checks, so the
     original ``__init__`` is wrapped in place, once)."""
-    if getattr(cls, "_e3nn_suite_counted", False):
+    if "_e3nn_suite_counted" in cls.__dict__:  # its own flag, not a base class's
         return cls
     init = cls.__init__
 
     def __init__(self, *args, **kwargs):
-        if type(self).__module__.startswith("fastcg"):
+        if type(self) is cls:  # a subclass's super().__init__ counts for the subclass only
             _built[name] += 1
         init(self, *args, **kwargs)
 
