@@ -41,8 +41,17 @@ def unit_vectors(vectors: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(vectors), vectors / norm)
 
 
+def _constant_result(fn):
+    """``torch.compiler.assume_constant_result``'s marker, set without importing torch._dynamo:
+    that import pulls in sympy, 0.16 GB resident at ``import fastcg`` (measured), which a
+    deployed model's process never needs. tests/test_sh_e3nn_api.py compiles l > 8 in one graph,
+    which fails if the marker stops working."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 # torch.compile runs this eagerly and keeps the result: e3nn's wigner_3j would break the graph
-@torch.compiler.assume_constant_result
+@_constant_result
 def sh_recursion_terms(l: int) -> tuple[tuple[int, int, int, float], ...]:
     """The terms (i, j, m, c) of Y_{l+1}[m] = sum c Y_l[i] r_j (see spherical_harmonics)."""
     s = (2 * l + 3) / math.sqrt(l + 1)
