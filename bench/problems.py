@@ -162,7 +162,7 @@ def _random_edges(num_nodes: int, num_edges: int, gen: torch.Generator):
 def make_inputs(problem, dtype=torch.float32, device="cpu", seed: int = 0, scale: float = 1.0):
     """Random inputs of ``problem`` (its sizes times ``scale``) as a dict of tensors.
 
-    Conv: node positions -> random edges -> vectors r_ij = pos[src] - pos[dst] (DESIGN.md's
+    Conv: node positions -> random edges -> vectors r_ij = pos[src] - pos[dst] (docs/design.md's
     convention), their spherical harmonics "edge_attr" (e3nn's, component normalisation),
     node features "x", per-edge "weights", "src", "dst", "num_nodes" and the "descriptor".
     SH: "vectors". Linear: "x", shared "weights", "descriptor". Scatter: "src", "index",
