@@ -263,6 +263,22 @@ def tp_inputs(rng: random.Random, kwargs: dict) -> dict:
     return inp
 
 
+TP_OPTIONS = (
+    ("irrep_normalization", (None, "component", "norm", "none")),
+    ("path_normalization", (None, "element", "path", "none")),
+    ("internal_weights", (None, None, True, False)),
+    ("shared_weights", (None, None, True, False)),
+)
+
+
+def draw_tp_options(rng: random.Random, kw: dict) -> None:
+    """Draw the normalisation and weight options of a tensor-product case (None: default)."""
+    for name, values in TP_OPTIONS:
+        value = rng.choice(values)
+        if value is not None:
+            kw[name] = value
+
+
 def gen_tp(rng: random.Random, negative_indices: bool = False) -> Case:
     in1, in2 = rand_blocks(rng), rand_blocks(rng)
     out: list = []
@@ -280,15 +296,7 @@ def gen_tp(rng: random.Random, negative_indices: bool = False) -> Case:
         var = rand_var(rng, len(blocks))
         if var is not None:
             kw[name] = var
-    for name, values in (
-        ("irrep_normalization", (None, "component", "norm", "none")),
-        ("path_normalization", (None, "element", "path", "none")),
-        ("internal_weights", (None, None, True, False)),
-        ("shared_weights", (None, None, True, False)),
-    ):
-        value = rng.choice(values)
-        if value is not None:
-            kw[name] = value
+    draw_tp_options(rng, kw)
     if rng.random() < 0.05 and "irrep_normalization" not in kw:  # e3nn's deprecated spelling
         kw["normalization"] = rng.choice(("component", "norm"))
     if rng.random() < 0.2:
@@ -313,15 +321,7 @@ def gen_tp(rng: random.Random, negative_indices: bool = False) -> Case:
 def gen_fctp(rng: random.Random) -> Case:
     in1, in2, out = rand_blocks(rng), rand_blocks(rng), rand_blocks(rng)
     kw: dict = {}
-    for name, values in (
-        ("irrep_normalization", (None, "component", "norm", "none")),
-        ("path_normalization", (None, "element", "path", "none")),
-        ("internal_weights", (None, None, True, False)),
-        ("shared_weights", (None, None, True, False)),
-    ):
-        value = rng.choice(values)
-        if value is not None:
-            kw[name] = value
+    draw_tp_options(rng, kw)
     args = [irreps_str(in1), irreps_str(in2), irreps_str(out)]
     case = Case("fctp", "FullyConnectedTensorProduct", args, kw, [])
     case.inputs = tp_inputs(rng, kw)
