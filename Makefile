@@ -2,12 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# mace-torch 0.3.16 pins e3nn 0.4.4, so its tests run in a second environment.
+# mace-torch 0.3.16 pins e3nn 0.4.4, so its tests run in a second environment; NequIP 0.19,
+# SevenNet 0.13 and torch-sim share a third (e3nn 0.6, and their own dependencies kept out of
+# the main suite's).
 MACE_VENV ?= .venv-mace
 MACE_PY := $(MACE_VENV)/bin/python
+FW_VENV ?= .venv-fw
+FW_PY := $(FW_VENV)/bin/python
+TORCH_PIN = "torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
+# a .pth file puts this checkout on the environment's path instead of compiling it again
+ADD_CHECKOUT = -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'fastcg_checkout.pth'), 'w').write(os.getcwd())"
 export CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: setup setup-cuda setup-mace build demo demo-mace test test-main test-e3nn test-triton test-aot test-mace lint bench clean
+.PHONY: setup setup-cuda setup-mace setup-fw test-frameworks build demo demo-mace test test-main test-e3nn test-triton test-aot test-mace lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -52,9 +59,20 @@ $(MACE_PY):
 # Same torch as the main environment, so the library built there loads here too (a .pth file
 # puts this checkout on the path instead of compiling it a second time).
 setup-mace: $(MACE_PY) setup
-	$(MACE_PY) -m pip install -q "torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
+	$(MACE_PY) -m pip install -q $(TORCH_PIN)
 	$(MACE_PY) -m pip install -q "mace-torch==0.3.16" pytest numpy ase vesin
-	$(MACE_PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'fastcg_checkout.pth'), 'w').write(os.getcwd())"
+	$(MACE_PY) $(ADD_CHECKOUT)
+
+$(FW_PY):
+	python3 -m venv $(FW_VENV)
+	$(FW_PY) -m pip install -q --upgrade pip setuptools wheel
+
+# the same pins as pyproject.toml's nequip, sevennet and torchsim extras
+setup-fw: $(FW_PY) setup
+	$(FW_PY) -m pip install -q $(TORCH_PIN)
+	$(FW_PY) -m pip install -q "nequip==0.19.1" "sevenn==0.13.0" "torch-sim-atomistic==0.3.0" \
+		"e3nn==0.6.0" pytest numpy ase vesin
+	$(FW_PY) $(ADD_CHECKOUT)
 
 # Rebuild the C++ library in place after editing csrc/ (ninja makes it incremental);
 # FASTCG_BUILD_CUDA=1 make build for the CUDA kernels on a machine without a GPU.
@@ -69,7 +87,7 @@ demo: setup
 demo-mace: setup-mace
 	$(MACE_PY) -m fastcg.cli md --model mace-torch
 
-test: test-main test-e3nn test-triton test-aot test-mace
+test: test-main test-e3nn test-triton test-aot test-mace test-frameworks
 
 test-main: setup-cuda
 	$(VENV)/bin/ruff check fastcg tests bench tools
@@ -109,6 +127,13 @@ test-mace:
 	@if ls tests/with_mace/test_*.py >/dev/null 2>&1; then \
 		$(MAKE) setup-mace && $(MACE_PY) -m pytest -q -p no:cacheprovider tests/with_mace tests/mace_layers; \
 	else echo "no mace-torch tests"; fi
+
+# NequIP, SevenNet and torch-sim integrations against the frameworks themselves
+FW_TESTS = $(wildcard tests/with_nequip tests/with_sevennet tests/with_torchsim)
+test-frameworks:
+	@if [ -n "$(FW_TESTS)" ]; then \
+		$(MAKE) setup-fw && $(FW_PY) -m pytest -q -p no:cacheprovider $(FW_TESTS); \
+	else echo "no framework tests"; fi
 
 lint: $(PY)
 	$(VENV)/bin/ruff check fastcg tests bench tools

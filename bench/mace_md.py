@@ -29,11 +29,11 @@ def build(small: bool):
     import torch
 
     import fastcg  # noqa: F401  (before mace: e3nn 0.4.4's import flag)
-    from fastcg.md import mace_torch_model
+    from fastcg.integrations.mace import random_model
     from fastcg.models._reference import default_dtype
 
     with default_dtype(torch.float64):
-        return mace_torch_model([29], 8 if small else 128, 2 if small else 3, 0)
+        return random_model([29], 8 if small else 128, 2 if small else 3, 0)
 
 
 def save_deployed(path: str, small: bool) -> None:
@@ -42,7 +42,8 @@ def save_deployed(path: str, small: bool) -> None:
 
     import torch
 
-    from fastcg.convert import MaceTorchModel, convert
+    from fastcg import convert
+    from fastcg.integrations.mace import MaceTorchModel
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.script's deprecation

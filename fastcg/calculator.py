@@ -7,7 +7,7 @@ Any module with the model interface of :mod:`fastcg.models` works::
 (``r_ij = positions[src] - positions[dst] + shifts``, full neighbour list, Cartesian shifts), which
 includes the models in ``fastcg.models``, e3nn models with that interface after
 ``fastcg.convert``, and mace-torch models (converted or not), which are wrapped in
-:class:`fastcg.convert.MaceTorchModel` automatically.
+:class:`fastcg.integrations.mace.MaceTorchModel` automatically.
 
 >>> from ase.build import molecule
 >>> from fastcg.models import SchNet
@@ -33,12 +33,11 @@ MIN_DISTANCE = 1e-6  # Angstrom
 
 
 def as_model(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` itself, or a mace-torch model wrapped in the fastcg model interface."""
-    if type(model).__module__.startswith("mace."):
-        from .convert import MaceTorchModel
+    """``model`` itself, or a framework's model (e.g. mace-torch's) wrapped in the fastcg model
+    interface by its integration (:mod:`fastcg.integrations`)."""
+    from .integrations import as_model as wrap
 
-        return MaceTorchModel(model)
-    return model
+    return wrap(model)
 
 
 def model_cutoff(model: torch.nn.Module) -> float:

@@ -47,33 +47,6 @@ def build_structure(spec: str, seed: int):
     return read(spec)
 
 
-def mace_torch_model(
-    atomic_numbers: list[int], channels: int = 128, max_ell: int = 3, seed: int = 0
-) -> torch.nn.Module:
-    """A mace-torch ``MACE`` with seeded random weights (built in the default dtype).
-
-    The defaults are the issue's benchmark model: hidden 128x0e+128x1o, max_ell 3, correlation
-    3, 2 interactions, radial MLP [64, 64, 64], 10 Bessel functions, r_max 5. Below 32
-    channels the radial MLP is [16, 16] and there are 6 Bessel functions (quick runs).
-    """
-    from .irreps import o3 as import_o3
-
-    o3 = import_o3()  # before mace: e3nn 0.4.4 needs a flag to import on torch >= 2.6
-    from mace.modules import MACE, RealAgnosticResidualInteractionBlock
-
-    torch.manual_seed(seed)
-    c, small = channels, channels < 32
-    return MACE(
-        r_max=5.0, num_bessel=6 if small else 10, num_polynomial_cutoff=5, max_ell=max_ell,
-        interaction_cls=RealAgnosticResidualInteractionBlock,
-        interaction_cls_first=RealAgnosticResidualInteractionBlock, num_interactions=2,
-        num_elements=len(atomic_numbers), hidden_irreps=o3.Irreps(f"{c}x0e+{c}x1o"),
-        MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(len(atomic_numbers)),
-        avg_num_neighbors=40.0, atomic_numbers=atomic_numbers, correlation=3,
-        gate=torch.nn.functional.silu, radial_MLP=[16, 16] if small else [64, 64, 64],
-    )  # fmt: skip
-
-
 def build_models(
     name: str, atomic_numbers: list[int], channels: int, max_ell: int, seed: int
 ) -> tuple[torch.nn.Module, torch.nn.Module, str]:
@@ -90,8 +63,9 @@ def build_models(
     with default_dtype(torch.float64):
         if name == "mace-torch":
             from .convert import convert
+            from .integrations.mace import random_model
 
-            ref = mace_torch_model(atomic_numbers, channels, max_ell, seed)
+            ref = random_model(atomic_numbers, channels, max_ell, seed)
             return convert(ref), ref, "mace-torch (e3nn)"
         kwargs = {"mace": {"num_channels": channels, "max_ell": max_ell},
                   "nequip": {"num_features": channels, "lmax": max_ell, "cutoff": 5.0},

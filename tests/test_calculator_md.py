@@ -10,8 +10,8 @@ from ase.build import bulk, molecule  # noqa: E402
 from ase.calculators.calculator import PropertyNotImplementedError  # noqa: E402
 
 import fastcg  # noqa: E402
+from fastcg import convert  # noqa: E402
 from fastcg.calculator import FastCGCalculator  # noqa: E402
-from fastcg.convert import convert  # noqa: E402
 from fastcg.models import MACE, NequIP  # noqa: E402
 from fastcg.models._reference import default_dtype, reference_twin  # noqa: E402
 

@@ -1,8 +1,8 @@
 """e3nn-compatible modules on fastcg ops: same constructor arguments, weights and state_dict keys.
 
 An e3nn state_dict loads into the fastcg module unchanged, every module has
-``from_e3nn(module)`` to build the twin of an existing e3nn module, and ``convert(model)`` swaps
-the e3nn modules inside a model for their twins.
+``from_e3nn(module)`` to build the twin of an existing e3nn module, and ``twin(module)`` picks the
+right class (:func:`fastcg.convert` uses it to swap the e3nn modules inside a model).
 """
 
 import torch
@@ -28,12 +28,12 @@ __all__ = [
     "SymmetricContraction",
     "TensorProduct",
     "TensorProductConv",
-    "convert",
     "spherical_harmonics",
+    "twin",
 ]
 
 
-def _twin(module: torch.nn.Module) -> torch.nn.Module | None:
+def twin(module: torch.nn.Module) -> torch.nn.Module | None:
     """The fastcg twin of an e3nn module, or None when there is none (or it is unsupported)."""
     if not type(module).__module__.startswith("e3nn."):
         return None
@@ -58,23 +58,3 @@ def _twin(module: torch.nn.Module) -> torch.nn.Module | None:
             except NotImplementedError:  # e.g. uvuv paths, Linear with f_in, custom activations
                 return None
     return None
-
-
-def convert(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap every supported e3nn module in ``model`` for its fastcg twin, in place.
-
-    Returns ``model`` (or its twin when ``model`` itself is an e3nn module). Weights are copied;
-    modules fastcg does not support (e.g. ``uvuv`` tensor products) stay e3nn.
-
-    >>> from e3nn import o3
-    >>> convert(torch.nn.Sequential(o3.Linear("2x0e", "1x0e")))[0].__class__.__module__
-    'fastcg.nn.linear'
-    """
-    twin = _twin(model)
-    if twin is not None:
-        return twin
-    for name, child in list(model.named_children()):
-        new = convert(child)
-        if new is not child:
-            setattr(model, name, new)
-    return model

@@ -13,8 +13,9 @@ from fastcg.irreps import o3
 pytest.importorskip("mace")
 from ase.build import bulk, molecule  # noqa: E402
 
+from fastcg import convert  # noqa: E402
 from fastcg.calculator import FastCGCalculator  # noqa: E402
-from fastcg.convert import MaceConv, MaceTorchModel, convert  # noqa: E402
+from fastcg.integrations.mace import MaceConv, MaceTorchModel  # noqa: E402
 from fastcg.models._reference import default_dtype  # noqa: E402
 
 

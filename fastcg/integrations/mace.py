@@ -1,0 +1,194 @@
+"""mace-torch: :func:`fastcg.convert` fuses each MACE interaction's conv, and the calculator runs
+mace-torch models through :class:`MaceTorchModel`.
+
+Each MACE interaction's ``conv_tp(node_feats[sender], ...)`` + ``scatter_sum(..., receiver)``
+becomes one fused ``fastcg`` conv: the block's ``conv_tp`` is replaced by :class:`MaceConv` and
+the block is marked with ``conv_fusion = "fastcg"``, which routes mace-torch's own forward
+through ``conv_tp(node_feats, edge_attrs, tp_weights, edge_index)`` (the hook mace-torch has for
+cuequivariance / OpenEquivariance fusion), and the last, linear layer of its radial MLP
+(``conv_tp_weights``) moves into that conv (:func:`fastcg.ops.conv_radial`: the ``[E, 1280]``
+per-edge weights of a 128-channel MACE are never formed; ``conv_tp_weights`` then returns its
+last hidden layer, which mace-torch's cutoff factor scales just as well). Its skip tensor
+product with the one-hot species becomes :class:`fastcg.nn.SpeciesLinear` (one weight set per
+species: the same numbers, a factor num_species fewer operations), and every mace-torch
+``SymmetricContraction`` (the product basis) becomes :class:`fastcg.nn.SymmetricContraction`.
+Both keep mace-torch's parameter and buffer names, so state_dicts are interchangeable.
+"""
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import fastcg.nn as fnn
+from fastcg.irreps import o3
+
+
+class MaceConv(fnn.TensorProductConv):
+    """mace-torch's fused-conv call, ``conv_tp(node_feats, edge_attrs, tp_weights, edge_index)``
+    with ``edge_index = [sender, receiver]``, on the fastcg conv op.
+
+    After :meth:`fuse_radial`, ``tp_weights`` is the radial MLP's last hidden layer and the
+    conv applies the MLP's last linear layer itself (:func:`fastcg.ops.conv_radial`).
+    """
+
+    # class defaults: from_e3nn builds instances without __init__
+    _radial_weight: Optional[Tensor] = None  # noqa: UP045 (TorchScript reads this annotation)
+    _radial_scale: float = 1.0
+
+    def fuse_radial(self, net: fnn.FullyConnectedNet) -> None:
+        """Take over ``net``'s last layer (``net`` then returns its last hidden layer)."""
+        layer = net.defer_last()
+        # The same Parameter object, held as a plain attribute rather than registered: it keeps
+        # its one name in the net (mace-torch state_dicts load unchanged), .to() / .double() /
+        # optimizers update it in place, deepcopy and pickling keep the sharing, and TorchScript
+        # sees a Tensor attribute.
+        object.__setattr__(self, "_radial_weight", layer.weight)
+        self._radial_scale = layer.scale
+
+    def forward(  # type: ignore[override]
+        self, node_feats: Tensor, edge_attrs: Tensor, tp_weights: Tensor, edge_index: Tensor
+    ) -> Tensor:
+        n = node_feats.shape[0]
+        w = self._radial_weight
+        if w is not None:
+            return self.forward_radial(
+                node_feats, edge_attrs, tp_weights, w * self._radial_scale, edge_index[0],
+                edge_index[1], n,
+            )  # fmt: skip
+        return self._forward(node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], n)
+
+
+def convert_modules(model: torch.nn.Module) -> int:
+    """In place: the interactions' convs and skip products, and the product bases; count them."""
+    return _convert_interactions(model) + _convert_symmetric_contractions(model)
+
+
+def _convert_interactions(model: torch.nn.Module) -> int:
+    """In every mace-torch interaction block, in place: ``conv_tp`` becomes one fused fastcg conv
+    and ``skip_tp(h, node_attrs)`` (a fully connected product with the one-hot species) a
+    species-indexed linear (a product it cannot express stays e3nn); count the blocks."""
+    from mace.modules.blocks import InteractionBlock
+
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, InteractionBlock):
+            continue
+        conv = getattr(module, "conv_tp", None)
+        if isinstance(conv, o3().TensorProduct) and not hasattr(module, "conv_fusion"):
+            module.conv_tp = MaceConv.from_e3nn(conv)
+            module.conv_fusion = "fastcg"
+            count += 1
+        tp = getattr(module, "skip_tp", None)
+        if isinstance(tp, o3().FullyConnectedTensorProduct):
+            try:
+                module.skip_tp = fnn.SpeciesLinear.from_skip_tp(tp)
+            except (NotImplementedError, ValueError):
+                pass
+    return count
+
+
+def _convert_symmetric_contractions(model: torch.nn.Module) -> int:
+    """Swap every mace-torch ``SymmetricContraction`` for ``fastcg.nn.SymmetricContraction``."""
+    from mace.modules.symmetric_contraction import SymmetricContraction
+
+    count = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, SymmetricContraction):
+                setattr(module, name, fnn.SymmetricContraction.from_mace(child))
+                count += 1
+    return count
+
+
+def finish(model: torch.nn.Module) -> int:
+    """Fold each converted MACE interaction's radial MLP's last layer into its conv (the
+    per-edge weights, MACE's largest tensors, are then never formed); count the blocks."""
+    from mace.modules.blocks import InteractionBlock
+
+    count = 0
+    for module in model.modules():
+        conv, net = getattr(module, "conv_tp", None), getattr(module, "conv_tp_weights", None)
+        if (
+            isinstance(module, InteractionBlock)
+            and type(conv) is MaceConv
+            and isinstance(net, fnn.FullyConnectedNet)
+            and not conv.shared_weights
+            and conv._radial_weight is None
+        ):
+            try:
+                conv.fuse_radial(net)
+            except ValueError:  # an activated last layer: the weights stay whole
+                continue
+            count += 1
+    return count
+
+
+class MaceTorchModel(torch.nn.Module):
+    """The fastcg model interface (see :mod:`fastcg.models`) around a mace-torch model.
+
+    ``forward(positions, numbers, src, dst, shifts, cell) -> energy``; mace-torch's edge vector is
+    ``pos[receiver] - pos[sender] + shifts``, so it gets ``edge_index = [src, dst]`` and
+    ``-shifts`` (the same geometry as fastcg's ``r_ij = pos[src] - pos[dst] + shifts``).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        index = torch.full((119,), -1, dtype=torch.long)
+        for i, z in enumerate(model.atomic_numbers.tolist()):
+            index[int(z)] = i
+        self.register_buffer("species_index", index, persistent=False)
+        self.num_species = int(model.atomic_numbers.numel())
+
+    def forward(
+        self, positions: Tensor, numbers: Tensor, src: Tensor, dst: Tensor, shifts: Tensor,
+        cell: Tensor,
+    ) -> Tensor:  # fmt: skip
+        """Total energy (0-d)."""
+        n = positions.shape[0]
+        species = self.species_index.index_select(0, numbers)
+        data = {
+            "positions": positions,
+            "node_attrs": torch.nn.functional.one_hot(species, self.num_species).to(positions),
+            "edge_index": torch.stack([src, dst]),
+            "shifts": -shifts,
+            "unit_shifts": torch.zeros_like(shifts),
+            "cell": cell.reshape(-1, 3, 3) if cell.numel() else cell.new_zeros(1, 3, 3),
+            "batch": torch.zeros(n, dtype=torch.long, device=positions.device),
+            "ptr": torch.tensor([0, n], dtype=torch.long, device=positions.device),
+        }
+        energy = self.model(data, training=self.training, compute_force=False)["energy"]
+        assert energy is not None  # mace-torch types its outputs Optional (TorchScript)
+        return energy.sum()
+
+
+def as_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A mace-torch model (converted or not) wrapped in :class:`MaceTorchModel`, else None."""
+    return MaceTorchModel(model) if type(model).__module__.startswith("mace.") else None
+
+
+def random_model(
+    atomic_numbers: list[int], channels: int = 128, max_ell: int = 3, seed: int = 0
+) -> torch.nn.Module:
+    """A mace-torch ``MACE`` with seeded random weights (built in the default dtype).
+
+    The defaults are the issue's benchmark model: hidden 128x0e+128x1o, max_ell 3, correlation
+    3, 2 interactions, radial MLP [64, 64, 64], 10 Bessel functions, r_max 5. Below 32
+    channels the radial MLP is [16, 16] and there are 6 Bessel functions (quick runs).
+    """
+    e3nn_o3 = o3()  # before mace: e3nn 0.4.4 needs a flag to import on torch >= 2.6
+    from mace.modules import MACE, RealAgnosticResidualInteractionBlock
+
+    torch.manual_seed(seed)
+    c, small = channels, channels < 32
+    return MACE(
+        r_max=5.0, num_bessel=6 if small else 10, num_polynomial_cutoff=5, max_ell=max_ell,
+        interaction_cls=RealAgnosticResidualInteractionBlock,
+        interaction_cls_first=RealAgnosticResidualInteractionBlock, num_interactions=2,
+        num_elements=len(atomic_numbers), hidden_irreps=e3nn_o3.Irreps(f"{c}x0e+{c}x1o"),
+        MLP_irreps=e3nn_o3.Irreps("16x0e"), atomic_energies=np.zeros(len(atomic_numbers)),
+        avg_num_neighbors=40.0, atomic_numbers=atomic_numbers, correlation=3,
+        gate=torch.nn.functional.silu, radial_MLP=[16, 16] if small else [64, 64, 64],
+    )  # fmt: skip
