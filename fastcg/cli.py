@@ -22,10 +22,15 @@ import torch
 import fastcg
 
 from .irreps import o3
+from .testing import (
+    SYMMETRIC_CONTRACTION_CASES,
+    TOLERANCE,
+    default_dtype,
+    full_instructions,
+    scaled_error,
+)
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-# float64: absolute, scaled by the reference's magnitude; float32: relative (the issue's table)
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 @dataclass
@@ -37,13 +42,6 @@ class Case:
     inputs: Callable[[torch.dtype], list[torch.Tensor]]
     fastcg: Callable[..., torch.Tensor]
     e3nn: Callable[..., torch.Tensor]
-
-
-def _error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max abs difference over max(1, max |b|): absolute for small values, relative for large."""
-    if not b.numel():
-        return 0.0
-    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
 
 def _grad(out, inputs: list[torch.Tensor], g=None, create_graph=False) -> list[torch.Tensor]:
@@ -76,7 +74,7 @@ def _compare(case: Case, dtype: torch.dtype, backend: str) -> list[float]:
     with fastcg.use_backend(backend):
         mine = _orders(case.fastcg, inputs, 1)
     ref = _orders(case.e3nn, inputs, 1)
-    return [max(_error(a, b) for a, b in zip(m, r)) for m, r in zip(mine, ref)]
+    return [max(scaled_error(a, b) for a, b in zip(m, r)) for m, r in zip(mine, ref)]
 
 
 def _per_dtype(module: torch.nn.Module) -> dict[torch.dtype, torch.nn.Module]:
@@ -112,23 +110,11 @@ TP_CONFIGS = {  # name: (irreps_in1, irreps_in2, irreps_out, mode)
 }
 
 
-def _instructions(ir1, ir2, iro, mode: str) -> list[tuple]:
-    out = []
-    for i, (m1, a) in enumerate(ir1):
-        for j, (m2, b) in enumerate(ir2):
-            for k, (mo, c) in enumerate(iro):
-                ok = {"uvw": True, "uvu": mo == m1, "uuu": m1 == m2 == mo, "uvv": mo == m2,
-                      "uuw": m1 == m2}[mode]  # fmt: skip
-                if c in a * b and ok:
-                    out.append((i, j, k, mode, True))
-    return out
-
-
 def _tp_cases() -> list[Case]:
     cases = []
     for name, (a, b, c, mode) in TP_CONFIGS.items():
         ir1, ir2, iro = o3().Irreps(a), o3().Irreps(b), o3().Irreps(c)
-        ins = _instructions(ir1, ir2, iro, mode)
+        ins = full_instructions(ir1, ir2, iro, [mode])
         for shared in (False, True):
             tp = _e3nn_tp(ir1, ir2, iro, ins, shared)
             desc = fastcg.descriptor.from_e3nn(tp)
@@ -177,14 +163,9 @@ def _conv_case(tps: dict, desc, tag: str, shared: bool = False, nodes: int = 5,
 
 def _e3nn_tp(ir1, ir2, iro, ins, shared: bool):
     """An e3nn TensorProduct built in float64 (its constants unrounded)."""
-    with torch.random.fork_rng():
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            return o3().TensorProduct(ir1, ir2, iro, ins, shared_weights=shared,
-                                      internal_weights=False)  # fmt: skip
-        finally:
-            torch.set_default_dtype(default)
+    with torch.random.fork_rng(), default_dtype(torch.float64):
+        return o3().TensorProduct(ir1, ir2, iro, ins, shared_weights=shared,
+                                  internal_weights=False)  # fmt: skip
 
 
 def _mace_conv_cases() -> list[Case]:
@@ -255,14 +236,14 @@ def _symmetric_contraction_case() -> Case:
     ``U_matrix_real``, built from e3nn's Wigner 3j): sum over orders nu of
     U[m, j_1..j_nu, k] x[j_1]..x[j_nu] W[species, k, c] per node and channel."""
     from . import reference
-    from .ops.symmetric_contraction import (
-        channel_irreps,
+    from .descriptors.symmetric_contraction import (
         coupling_tensors,
-        symmetric_contraction,
         symmetric_contraction_descriptor,
     )
+    from .irreps import channel_irreps
+    from .ops.symmetric_contraction import symmetric_contraction
 
-    ir_in, ir_out, corr = "0e+1o+2e", "0e+1o", 3
+    ir_in, ir_out, corr = SYMMETRIC_CONTRACTION_CASES["l2-corr3"]
     desc = symmetric_contraction_descriptor(ir_in, ir_out, corr)
     us = [coupling_tensors(ir_in, ir, corr) for _, ir in channel_irreps(ir_out)]
     species = torch.tensor([2, 0, 1, 2, 2, 0])

@@ -11,6 +11,9 @@ import warnings
 from types import ModuleType
 from typing import Any
 
+import torch
+from torch import Tensor
+
 _O3: ModuleType | None = None  # a plain global, so torch.compile reads it without tracing imports
 
 
@@ -50,3 +53,20 @@ def offsets(value: Any) -> list[int]:
         out.append(start)
         start += mul * ir.dim
     return out
+
+
+def channel_irreps(value: Any) -> Any:
+    """One channel's irreps: ``128x0e+128x1o`` -> ``1x0e+1x1o`` (as mace's coupling irreps)."""
+    return o3().Irreps([ir for _, ir in irreps(value)])
+
+
+def to_channels(x: Tensor, irreps_in: Any, num_channels: int) -> Tensor:
+    """mul_ir ``[N, C * D]`` features as MACE's ``[N, C, D]`` (each channel's irreps together)."""
+    blocks, start = [], 0
+    for _, ir in channel_irreps(irreps_in):
+        size = num_channels * ir.dim
+        blocks.append(x[:, start : start + size].reshape(-1, num_channels, ir.dim))
+        start += size
+    if start != x.shape[-1]:
+        raise ValueError(f"x must have {start} features, got {x.shape[-1]}")
+    return torch.cat(blocks, dim=-1)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .cg import sparse_cg
 from .descriptor import MODES, LinearDescriptor, TPDescriptor
+from .irreps import to_channels
 
 _EINSUM = {  # out block from x1 [B,u,i], x2 [B,v,j], C [i,j,k], per-sample weights
     "uvw": "zui,zvj,ijk,zuvw->zwk",
@@ -201,8 +202,6 @@ def symmetric_contraction_tables(
 
 def symmetric_contraction(x: Tensor, species: Tensor, weights: Tensor, descriptor) -> Tensor:
     """MACE's product basis (``fastcg.symmetric_contraction``); x [N, C, D] or mul_ir [N, C*D]."""
-    from .ops.symmetric_contraction import to_channels
-
     if x.dim() == 2:
         x = to_channels(x, descriptor.irreps_in, weights.shape[2])
     return symmetric_contraction_tables(x, species, weights, *descriptor.tensors())

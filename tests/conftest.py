@@ -1,11 +1,13 @@
-"""Shared test fixtures: backends, dtypes, one tolerance table, seeded RNG and e3nn oracles.
+"""Shared test fixtures: backends, dtypes, seeded RNG, tensor-product cases and e3nn oracles.
+
+The tolerance table, ``assert_close``, ``default_dtype``, rotations and e3nn's mode rules are
+``fastcg.testing``'s (shared with ``fastcg check`` and the e3nn twins), re-exported here.
 
 Every test compares fastcg with e3nn (or a plain torch computation), never with fastcg itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import random
@@ -15,6 +17,9 @@ import torch
 
 import fastcg
 from fastcg.irreps import o3 as _import_o3
+from fastcg.testing import assert_close, default_dtype, full_instructions, mode_allowed
+from fastcg.testing import random_rotation as rotation
+from fastcg.testing import wigner_D as D
 
 o3 = _import_o3()  # e3nn.o3, imported so that e3nn 0.4.4 also loads on torch >= 2.6
 
@@ -26,33 +31,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 BACKENDS = ("reference", "cpu")
 DTYPES = (torch.float32, torch.float64)
-# The one tolerance table (the issue: float64 to 1e-10, float32 to 1e-5 relative). atol is
-# relative to the largest expected magnitude, so sums of many terms are judged fairly.
-TOL = {
-    torch.float64: {"rtol": 1e-10, "atol": 1e-10},
-    torch.float32: {"rtol": 1e-5, "atol": 1e-5},
-}
-
-
-def tol(dtype: torch.dtype) -> dict[str, float]:
-    """rtol/atol of ``dtype`` from the table."""
-    return dict(TOL[dtype])
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None):
-    """Compare with the tolerance of ``dtype`` (default: actual's); atol scales with the data."""
-    t = tol(dtype or actual.dtype)
-    expected = expected.detach().to(actual.dtype)
-    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
-    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    torch.testing.assert_close(
-        actual.detach(), expected, rtol=t["rtol"], atol=t["atol"] * scale, equal_nan=False
-    )
+__all__ = ["D", "assert_close", "default_dtype", "rotation"]  # what the test files import
 
 
 @pytest.fixture(autouse=True)
 def _seed():
-    """Seeded RNG for every test (torch, e3nn's rand_matrix and Python's random)."""
+    """Seeded RNG for every test (torch's, which rotations draw from, and Python's random)."""
     torch.manual_seed(0)
     random.seed(0)
 
@@ -75,36 +59,6 @@ def dtype(request) -> torch.dtype:
 # several paths into one output block, repeated output irreps, user path weights and variances.
 
 
-def _allowed(mode: str, m1: int, m2: int, mo: int, has_weight: bool) -> bool:
-    """Whether e3nn accepts this mode for these multiplicities."""
-    if mode in ("uvu", "uuu") and mo != m1:
-        return False
-    if mode == "uvv" and mo != m2:
-        return False
-    if mode in ("uuu", "uuw") and m1 != m2:
-        return False
-    if mode == "uuw" and not has_weight and mo != 1:
-        return False
-    return has_weight or mode != "uvw"  # e3nn needs a weight on uvw paths
-
-
-def full_instructions(ir1: str, ir2: str, iro: str, modes, weighted=True) -> list[tuple]:
-    """Every selection-rule-allowed path, with the first mode of ``modes`` that e3nn accepts."""
-    a, b, c = o3.Irreps(ir1), o3.Irreps(ir2), o3.Irreps(iro)
-    out = []
-    for i1, (m1, r1) in enumerate(a):
-        for i2, (m2, r2) in enumerate(b):
-            for io, (mo, ro) in enumerate(c):
-                if ro not in r1 * r2:
-                    continue
-                for mode in modes:
-                    if _allowed(mode, m1, m2, mo, weighted):
-                        out.append((i1, i2, io, mode, weighted))
-                        break
-    assert out, (ir1, ir2, iro)
-    return out
-
-
 def _random_case(seed: int) -> tuple:
     rng = random.Random(seed)
 
@@ -123,7 +77,7 @@ def _random_case(seed: int) -> tuple:
         (*i[:4], rng.random() < 0.8 or i[3] == "uvw")
         for i in full_instructions(ir1, ir2, iro, modes)
     ]
-    ins = [i for i in ins if _allowed(i[3], *_muls(ir1, ir2, iro, i), i[4])]
+    ins = [i for i in ins if mode_allowed(i[3], *_muls(ir1, ir2, iro, i), i[4])]
     return ir1, ir2, iro, ins, None, None, None
 
 
@@ -220,18 +174,6 @@ NORMALIZATIONS = [
 ]
 
 
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    """Build e3nn modules under this default dtype: their Wigner 3j buffers are computed in it
-    (converting a float32 module with ``.to(float64)`` keeps float32-accurate constants)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 @functools.cache
 def e3nn_tp(case: str, irrep_norm="component", path_norm="element", shared=False):
     """float64 ``e3nn.o3.TensorProduct`` of a case, weights passed explicitly."""
@@ -260,18 +202,6 @@ def run_e3nn(tp, x1, x2, w):
     if tp.weight_numel == 0:
         return tp(x1.to(f64), x2.to(f64))
     return tp(x1.to(f64), x2.to(f64), w.to(f64))
-
-
-def rotation(parity: bool) -> torch.Tensor:
-    """A random float64 rotation, times -1 (an improper rotation) when ``parity``."""
-    r = o3.rand_matrix(dtype=torch.float64)
-    return -r if parity else r
-
-
-def D(irreps: str, r: torch.Tensor) -> torch.Tensor:
-    """float64 representation matrix of ``irreps`` for the (possibly improper) rotation ``r``."""
-    with default_dtype(torch.float64):  # e3nn's J matrices are float32 under the float32 default
-        return o3.Irreps(irreps).D_from_matrix(r.to(torch.float64))
 
 
 def namespaces() -> list[str]:

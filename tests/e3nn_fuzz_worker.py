@@ -51,9 +51,10 @@ import torch
 
 import fastcg.nn as fnn
 from fastcg.irreps import o3 as _import_o3
+from fastcg.testing import TOLERANCE
 
 o3 = _import_o3()
-RTOL = 1e-10  # float64; errors are judged relative to max(1, max |e3nn value|)
+RTOL = TOLERANCE[torch.float64]  # errors are judged relative to max(1, max |e3nn value|)
 MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv", "uvu<v", "u<vw")
 KINDS = {"tp": 0.55, "fctp": 0.06, "etp": 0.06, "linear": 0.2, "sh": 0.13}
 BAD_MODES = ("uvx", "UVW", "", "uv", "u<vv")

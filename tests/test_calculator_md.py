@@ -13,7 +13,8 @@ import fastcg  # noqa: E402
 from fastcg import convert  # noqa: E402
 from fastcg.calculator import FastCGCalculator  # noqa: E402
 from fastcg.models import MACE, NequIP  # noqa: E402
-from fastcg.models._reference import default_dtype, reference_twin  # noqa: E402
+from fastcg.models._reference import reference_twin  # noqa: E402
+from fastcg.testing import default_dtype  # noqa: E402
 
 
 def small_mace(zs, cutoff=3.0):

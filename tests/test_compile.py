@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close, descriptor, e3nn_tp
+from conftest import assert_close, default_dtype, descriptor, e3nn_tp
 from e3nn import o3
 
 import fastcg
@@ -105,13 +105,9 @@ def test_scatter_sum():
 @pytest.mark.parametrize("species", [False, True], ids=["shared", "species"])
 def test_linear(species):
     desc = fastcg.linear_descriptor("3x0e+2x1o+1x2e", "2x0e+3x1o+1x2e")
-    with torch.random.fork_rng():
-        torch.set_default_dtype(F64)
-        try:
-            lin = o3.Linear(desc.irreps_in, desc.irreps_out, internal_weights=False,
-                            shared_weights=False)  # fmt: skip
-        finally:
-            torch.set_default_dtype(torch.float32)
+    with torch.random.fork_rng(), default_dtype(F64):
+        lin = o3.Linear(desc.irreps_in, desc.irreps_out, internal_weights=False,
+                        shared_weights=False)  # fmt: skip
     x = torch.randn(7, desc.dim_in, dtype=F64, requires_grad=True)
     w = torch.randn(*((3,) if species else ()), desc.weight_numel, dtype=F64, requires_grad=True)
     sp = torch.tensor([0, 2, 1, 1, 0, 2, 2]) if species else None

@@ -9,11 +9,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import assert_close, o3
+from conftest import assert_close, default_dtype, o3, rotation
 
 import fastcg
 from fastcg.models import MACE, NequIP, SchNet
-from fastcg.models._reference import default_dtype, reference_twin
+from fastcg.models._reference import reference_twin
 
 SMALL = {
     "schnet": (SchNet, {"num_features": 8, "num_interactions": 2, "num_gaussians": 10}),
@@ -86,7 +86,7 @@ def test_matches_e3nn_twin_float32(name):
 def test_energy_invariant_forces_equivariant(name, parity):
     model = build(name)
     pos, numbers, src, dst, shifts, cell = cluster()
-    rot = o3.rand_matrix(dtype=torch.float64) * (-1 if parity else 1)
+    rot = rotation(parity)
     perm = torch.randperm(len(pos))
     inv = torch.argsort(perm)  # new index of each old atom
     moved = (pos @ rot.T + torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64))[perm]

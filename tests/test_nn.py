@@ -1,13 +1,12 @@
 """fastcg.nn modules against their e3nn twins: outputs, gradients, state_dicts, from_e3nn, and a
 small model under TorchScript, torch.compile and torch.export."""
 
-import contextlib
 import random
 import warnings
 
 import pytest
 import torch
-from conftest import TP_CASES, assert_close
+from conftest import TP_CASES, assert_close, default_dtype
 
 import fastcg
 import fastcg.nn as fnn
@@ -18,18 +17,6 @@ from e3nn import nn as e3nn_nn  # noqa: E402  (after o3(), see above)
 
 DTYPES = [torch.float64, torch.float32]
 MODES = ["uvw", "uvu", "uvv", "uuw", "uuu"]
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    """Build e3nn modules in the test dtype: e3nn's own Wigner 3j constants are made in the
-    default dtype, and ``.double()`` after a float32 build keeps float32-rounded values."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def same_keys(ours: torch.nn.Module, ref: torch.nn.Module) -> bool:

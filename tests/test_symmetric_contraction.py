@@ -9,24 +9,17 @@ from conftest import D, assert_close, rotation
 
 import fastcg
 from fastcg import reference
+from fastcg.irreps import channel_irreps, to_channels
 from fastcg.nn.symmetric_contraction import SymmetricContraction
 from fastcg.ops.symmetric_contraction import (
-    channel_irreps,
     coupling_tensors,
     symmetric_contraction,
     symmetric_contraction_descriptor,
-    to_channels,
 )
+from fastcg.testing import SYMMETRIC_CONTRACTION_CASES
 
 F64 = torch.float64
-CASES = {  # (irreps_in per channel, irreps_out, correlation)
-    "l1-corr1": ("0e+1o", "0e+1o", 1),
-    "l1-corr2": ("0e+1o", "0e+1o+1e", 2),
-    "l2-corr3": ("0e+1o+2e", "0e+1o", 3),
-    "l3-corr3": ("0e+1o+2e+3o", "0e+1o", 3),  # MACE's default product basis
-    "l1-corr4": ("0e+1o", "0e+1o", 4),
-    "mixed-corr": ("0e+1o+2e", "0e+1o+2e", (3, 2, 1)),
-}
+CASES = SYMMETRIC_CONTRACTION_CASES  # (irreps_in per channel, irreps_out, correlation)
 
 
 def desc(case: str):

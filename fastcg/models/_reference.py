@@ -6,27 +6,18 @@ and buffer, so the two compute the same function (what tests and ``fastcg md`` c
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor
 
-from fastcg.irreps import o3
+from fastcg.descriptors.symmetric_contraction import (
+    coupling_tensors,
+    symmetric_contraction_descriptor,
+)
+from fastcg.irreps import channel_irreps, o3
+from fastcg.reference import symmetric_contraction_dense
+from fastcg.testing import default_dtype  # re-exported: callers import it from here too
 
 from . import MODELS, AtomisticModel, Layers
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Build under ``dtype``: e3nn computes its Wigner-3j constants in the default dtype, and a
-    float32 build moved to float64 keeps float32-rounded constants."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def _e3nn_conv_class() -> type:
@@ -62,12 +53,6 @@ class DenseSymmetricContraction(torch.nn.Module):
         self, irreps_in: str, irreps_out: str, correlation: int, num_elements: int
     ) -> None:
         super().__init__()
-        from fastcg.ops.symmetric_contraction import (
-            channel_irreps,
-            coupling_tensors,
-            symmetric_contraction_descriptor,
-        )
-
         desc = symmetric_contraction_descriptor(irreps_in, irreps_out, correlation)
         outs = channel_irreps(irreps_out)
         self.couplings = [coupling_tensors(irreps_in, ir, correlation) for _, ir in outs]
@@ -77,8 +62,6 @@ class DenseSymmetricContraction(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.randn(num_elements, desc.weight_numel, channels))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        from fastcg.reference import symmetric_contraction_dense
-
         species = y.argmax(dim=-1)
         return symmetric_contraction_dense(x, species, self.weight, self.couplings, self.offsets)
 

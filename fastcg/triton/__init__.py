@@ -18,8 +18,7 @@ from collections.abc import Callable
 import torch
 import triton  # noqa: F401  (ImportError here: fastcg.backend treats Triton as unavailable)
 
-import fastcg  # noqa: F401  (loads fastcg._C: the schemas come from torch.ops.fastcg)
-
+from .. import _C  # noqa: F401  (the schemas come from torch.ops.fastcg)
 from . import conv, linear, scatter, spherical_harmonics, symmetric_contraction, tensor_product
 
 NAMESPACE = "fastcg_triton"

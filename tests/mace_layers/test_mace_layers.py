@@ -12,34 +12,25 @@ from fastcg.irreps import o3
 from fastcg.nn.species_linear import SpeciesLinear
 from fastcg.nn.symmetric_contraction import SymmetricContraction
 from fastcg.ops.symmetric_contraction import coupling_tensors
+from fastcg.testing import assert_close as close
+from fastcg.testing import default_dtype
 
 F64 = torch.float64
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 @contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def close(a, b, dtype):
-    a, b = a.detach(), b.detach()
-    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
-    torch.testing.assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype] * scale)
+def mace_build(dtype):
+    """Build mace-torch modules under ``dtype``, their construction warnings silenced."""
+    with default_dtype(dtype), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def mace_sc(irreps_in, irreps_out, correlation, elements, dtype=F64):
     from mace.modules.symmetric_contraction import SymmetricContraction as MaceSC
 
     torch.manual_seed(0)
-    with default_dtype(dtype):
+    with mace_build(dtype):
         return MaceSC(o3().Irreps(irreps_in), o3().Irreps(irreps_out), correlation,
                       num_elements=elements)  # fmt: skip
 
@@ -108,7 +99,7 @@ def test_from_mace_in_product_block():
     from mace.modules.blocks import EquivariantProductBasisBlock
 
     torch.manual_seed(0)
-    with default_dtype(F64):
+    with mace_build(F64):
         block = EquivariantProductBasisBlock(
             o3().Irreps("6x0e+6x1o+6x2e"), o3().Irreps("6x0e+6x1o"), correlation=3, use_sc=True,
             num_elements=4,
@@ -144,7 +135,7 @@ def skip_tp(irreps_in, elements, irreps_out, dtype=F64):
     from mace.modules.wrapper_ops import FullyConnectedTensorProduct
 
     torch.manual_seed(0)
-    with default_dtype(dtype):
+    with mace_build(dtype):
         return FullyConnectedTensorProduct(
             o3().Irreps(irreps_in), o3().Irreps(f"{elements}x0e"), o3().Irreps(irreps_out),
             cueq_config=None,
@@ -181,7 +172,7 @@ def test_species_linear_of_mace_block():
     from mace.modules.blocks import RealAgnosticResidualInteractionBlock
 
     torch.manual_seed(0)
-    with default_dtype(F64):
+    with mace_build(F64):
         block = RealAgnosticResidualInteractionBlock(
             node_attrs_irreps=o3().Irreps("3x0e"), node_feats_irreps=o3().Irreps("8x0e+8x1o"),
             edge_attrs_irreps=o3().Irreps("0e+1o+2e"), edge_feats_irreps=o3().Irreps("4x0e"),

@@ -11,6 +11,8 @@ import torch
 from e3nn import o3
 
 import fastcg
+from fastcg.testing import TOLERANCE as TOL
+from fastcg.testing import assert_close
 
 
 def run(backend: str, fn, *args):
@@ -19,12 +21,10 @@ def run(backend: str, fn, *args):
 
 
 MODES = ("uvw", "uvu", "uuu", "uvv", "uuw")
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
-    scale = max(1.0, float(b.detach().abs().max())) if b.numel() else 1.0
-    torch.testing.assert_close(a.detach(), b.detach().to(a.dtype), rtol=tol, atol=tol * scale)
+    assert_close(a, b, tol=tol)
 
 
 def _descriptor(mode: str) -> fastcg.TPDescriptor:

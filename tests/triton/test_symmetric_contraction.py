@@ -12,14 +12,12 @@ from test_kernels import _close, assert_double_backward, run
 
 import fastcg
 from fastcg.ops.symmetric_contraction import symmetric_contraction, symmetric_contraction_descriptor
+from fastcg.testing import SYMMETRIC_CONTRACTION_CASES
+from fastcg.testing import TOLERANCE as TOL
 
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-CASES = {  # (irreps_in per channel, irreps_out, correlation)
-    "l1-corr1": ("0e+1o", "0e+1o", 1),
-    "l1-corr2": ("0e+1o", "0e+1o+1e", 2),
-    "l2-corr3": ("0e+1o+2e", "0e+1o", 3),
-    "l3-corr3": ("0e+1o+2e+3o", "0e+1o", 3),  # MACE's default product basis
-    "mixed": ("0e+1o+2e", "0e+1o+2e", (3, 2, 1)),
+CASES = {  # (irreps_in per channel, irreps_out, correlation); correlation <= 3, as MACE's
+    k: SYMMETRIC_CONTRACTION_CASES[k]
+    for k in ("l1-corr1", "l1-corr2", "l2-corr3", "l3-corr3", "mixed-corr")
 }
 
 
@@ -52,7 +50,7 @@ def test_forward_backward(triton_backend, case, elements, dtype):
         _close(g, r, TOL[dtype])
 
 
-@pytest.mark.parametrize("case", ["l1-corr2", "l2-corr3", "mixed"])
+@pytest.mark.parametrize("case", ["l1-corr2", "l2-corr3", "mixed-corr"])
 def test_double_backward(triton_backend, case):
     """Second derivatives w.r.t. x, the weights and the cotangent equal the reference's."""
     d, x, species, w = _inputs(case, 4, 3, 2)
