@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastcg
 import fastcg.nn as fnn
-from fastcg.models import conv_instructions
+from fastcg.models.base import conv_instructions
 from fastcg.ops import scatter_sum, symmetric_contraction, symmetric_contraction_descriptor
 
 FORWARD_OPS = ("spherical_harmonics", "tensor_product", "conv", "conv_radial", "scatter_sum",

@@ -15,7 +15,14 @@ from torch import Tensor
 from fastcg.irreps import irreps as to_irreps
 from fastcg.ops.symmetric_contraction import to_channels
 
-from . import FASTCG_LAYERS, AtomisticModel, Layers, conv_instructions, edge_vectors, natural_irreps
+from .base import (
+    FASTCG_LAYERS,
+    AtomisticModel,
+    Layers,
+    conv_instructions,
+    edge_vectors,
+    natural_irreps,
+)
 from .radial import MLP, BesselBasis, PolynomialCutoff
 
 
@@ -86,6 +93,8 @@ class MACE(AtomisticModel):
     torch.Size([])
     """
 
+    calls_ghost_exchange = True
+
     def __init__(
         self,
         atomic_numbers: list[int],
@@ -139,7 +148,8 @@ class MACE(AtomisticModel):
         attrs = self.one_hot(species, positions)
         h = self.node_embedding(attrs)
         e = self.atomic_energies.index_select(0, species)
-        for interaction, readout in zip(self.interactions, self.readouts):
+        for i, (interaction, readout) in enumerate(zip(self.interactions, self.readouts)):
+            h = h if i == 0 else self.ghost_exchange(h)
             h = interaction(h, attrs, sh, radial, envelope, src, dst)
             e = e + readout(h).squeeze(-1)
         return e

@@ -7,7 +7,14 @@ from torch import Tensor
 
 from fastcg.irreps import irreps as to_irreps
 
-from . import FASTCG_LAYERS, AtomisticModel, Layers, conv_instructions, edge_vectors, natural_irreps
+from .base import (
+    FASTCG_LAYERS,
+    AtomisticModel,
+    Layers,
+    conv_instructions,
+    edge_vectors,
+    natural_irreps,
+)
 from .radial import MLP, BesselBasis, PolynomialCutoff
 
 
@@ -64,6 +71,8 @@ class NequIP(AtomisticModel):
     torch.Size([])
     """
 
+    calls_ghost_exchange = True
+
     def __init__(
         self,
         atomic_numbers: list[int],
@@ -108,7 +117,8 @@ class NequIP(AtomisticModel):
         species = self.species(numbers)
         attrs = self.one_hot(species, positions)
         h = self.embedding(attrs)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            h = h if i == 0 else self.ghost_exchange(h)
             h = layer(h, attrs, sh, radial, envelope, src, dst)
         e = self.readout_2(self.readout_1(h)).squeeze(-1)
         return e + self.atomic_energies.index_select(0, species)

@@ -7,7 +7,7 @@ The cfconv ``sum_j x_j * W(r_ij)`` is the l = 0 case of the fused convolution: f
 import torch
 from torch import Tensor
 
-from . import FASTCG_LAYERS, AtomisticModel, Layers, edge_vectors
+from .base import FASTCG_LAYERS, AtomisticModel, Layers, edge_vectors
 from .radial import MLP, CosineCutoff, GaussianBasis
 
 
@@ -40,6 +40,8 @@ class SchNet(AtomisticModel):
     torch.Size([])
     """
 
+    calls_ghost_exchange = True
+
     def __init__(
         self,
         atomic_numbers: list[int],
@@ -70,6 +72,7 @@ class SchNet(AtomisticModel):
         rbf, env = self.rbf(r), self.envelope(r)
         ones = r.new_ones(r.shape[0], 1)
         h = self.embedding(self.species(numbers))
-        for interaction in self.interactions:
+        for i, interaction in enumerate(self.interactions):
+            h = h if i == 0 else self.ghost_exchange(h)
             h = interaction(h, rbf, env, ones, src, dst)
         return self.readout(h).squeeze(-1)
