@@ -68,7 +68,9 @@ def extension():
     return cpp_extension.CppExtension(sources=sources, extra_compile_args=flags, **kwargs)
 
 
+# FASTCG_NO_EXTENSION=1: metadata and entry points only, no compiling (for a second environment
+# that uses the library already built in place by the first: `make setup-fw`).
 setup(
-    ext_modules=[extension()],
+    ext_modules=[] if env_flag("FASTCG_NO_EXTENSION") else [extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -5,10 +5,13 @@ from torch import Tensor
 
 
 def compiling() -> bool:
-    """True while torch.compile traces: value checks that need a host sync are skipped there."""
+    """True while torch.compile or make_fx traces (nequip's AOTInductor export runs make_fx):
+    value checks that need a host sync are skipped there."""
     if torch.jit.is_scripting():
         return False
-    return torch.compiler.is_compiling()
+    if torch.compiler.is_compiling():
+        return True
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None
 
 
 def check_float(t: Tensor, name: str) -> None:
