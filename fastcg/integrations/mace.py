@@ -15,8 +15,6 @@ species: the same numbers, a factor num_species fewer operations), and every mac
 Both keep mace-torch's parameter and buffer names, so state_dicts are interchangeable.
 """
 
-from typing import Optional
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -25,7 +23,7 @@ import fastcg.nn as fnn
 from fastcg.irreps import o3
 
 
-class MaceConv(fnn.TensorProductConv):
+class MaceConv(fnn.RadialFusedConv):
     """mace-torch's fused-conv call, ``conv_tp(node_feats, edge_attrs, tp_weights, edge_index)``
     with ``edge_index = [sender, receiver]``, on the fastcg conv op.
 
@@ -33,31 +31,12 @@ class MaceConv(fnn.TensorProductConv):
     conv applies the MLP's last linear layer itself (:func:`fastcg.ops.conv_radial`).
     """
 
-    # class defaults: from_e3nn builds instances without __init__
-    _radial_weight: Optional[Tensor] = None  # noqa: UP045 (TorchScript reads this annotation)
-    _radial_scale: float = 1.0
-
-    def fuse_radial(self, net: fnn.FullyConnectedNet) -> None:
-        """Take over ``net``'s last layer (``net`` then returns its last hidden layer)."""
-        layer = net.defer_last()
-        # The same Parameter object, held as a plain attribute rather than registered: it keeps
-        # its one name in the net (mace-torch state_dicts load unchanged), .to() / .double() /
-        # optimizers update it in place, deepcopy and pickling keep the sharing, and TorchScript
-        # sees a Tensor attribute.
-        object.__setattr__(self, "_radial_weight", layer.weight)
-        self._radial_scale = layer.scale
-
     def forward(  # type: ignore[override]
         self, node_feats: Tensor, edge_attrs: Tensor, tp_weights: Tensor, edge_index: Tensor
     ) -> Tensor:
-        n = node_feats.shape[0]
-        w = self._radial_weight
-        if w is not None:
-            return self.forward_radial(
-                node_feats, edge_attrs, tp_weights, w * self._radial_scale, edge_index[0],
-                edge_index[1], n,
-            )  # fmt: skip
-        return self._forward(node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], n)
+        return self._forward_fused(
+            node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], node_feats.shape[0]
+        )
 
 
 def convert_modules(model: torch.nn.Module) -> int:
@@ -147,9 +126,30 @@ class MaceTorchModel(torch.nn.Module):
         cell: Tensor,
     ) -> Tensor:  # fmt: skip
         """Total energy (0-d)."""
+        data = self._inputs(positions, numbers, src, dst, shifts, cell)
+        energy = self.model(data, training=self.training, compute_force=False)["energy"]
+        assert energy is not None  # mace-torch types its outputs Optional (TorchScript)
+        return energy.sum()
+
+    def node_energies(
+        self, positions: Tensor, numbers: Tensor, src: Tensor, dst: Tensor, shifts: Tensor
+    ) -> Tensor:
+        """``[N]`` per-atom energies (mace-torch's ``node_energy``, in ``positions``' dtype).
+
+        An atom's energy reads only its own edges, so one call serves several structures at once
+        (``fastcg.integrations.torchsim`` sums them per structure)."""
+        data = self._inputs(positions, numbers, src, dst, shifts, positions.new_zeros(0))
+        energy = self.model(data, training=self.training, compute_force=False)["node_energy"]
+        assert energy is not None
+        return energy.to(positions.dtype)
+
+    def _inputs(
+        self, positions: Tensor, numbers: Tensor, src: Tensor, dst: Tensor, shifts: Tensor,
+        cell: Tensor,
+    ) -> dict[str, Tensor]:  # fmt: skip
         n = positions.shape[0]
         species = self.species_index.index_select(0, numbers)
-        data = {
+        return {
             "positions": positions,
             "node_attrs": torch.nn.functional.one_hot(species, self.num_species).to(positions),
             "edge_index": torch.stack([src, dst]),
@@ -159,9 +159,6 @@ class MaceTorchModel(torch.nn.Module):
             "batch": torch.zeros(n, dtype=torch.long, device=positions.device),
             "ptr": torch.tensor([0, n], dtype=torch.long, device=positions.device),
         }
-        energy = self.model(data, training=self.training, compute_force=False)["energy"]
-        assert energy is not None  # mace-torch types its outputs Optional (TorchScript)
-        return energy.sum()
 
 
 def as_model(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -170,20 +167,27 @@ def as_model(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 def random_model(
-    atomic_numbers: list[int], channels: int = 128, max_ell: int = 3, seed: int = 0
-) -> torch.nn.Module:
+    atomic_numbers: list[int], channels: int = 128, max_ell: int = 3, seed: int = 0,
+    scale_shift: bool = False,
+) -> torch.nn.Module:  # fmt: skip
     """A mace-torch ``MACE`` with seeded random weights (built in the default dtype).
 
     The defaults are the issue's benchmark model: hidden 128x0e+128x1o, max_ell 3, correlation
     3, 2 interactions, radial MLP [64, 64, 64], 10 Bessel functions, r_max 5. Below 32
     channels the radial MLP is [16, 16] and there are 6 Bessel functions (quick runs).
+    ``scale_shift`` builds a ``ScaleShiftMACE`` (scale 1, shift 0: the same energies; the class
+    trained MACE checkpoints have, which tools such as Symmetrix-XL's extractor require).
     """
     e3nn_o3 = o3()  # before mace: e3nn 0.4.4 needs a flag to import on torch >= 2.6
-    from mace.modules import MACE, RealAgnosticResidualInteractionBlock
+    from mace.modules import MACE, RealAgnosticResidualInteractionBlock, ScaleShiftMACE
 
     torch.manual_seed(seed)
     c, small = channels, channels < 32
-    return MACE(
+    cls, extra = MACE, {}
+    if scale_shift:
+        cls, extra = ScaleShiftMACE, {"atomic_inter_scale": 1.0, "atomic_inter_shift": 0.0}
+    return cls(
+        **extra,
         r_max=5.0, num_bessel=6 if small else 10, num_polynomial_cutoff=5, max_ell=max_ell,
         interaction_cls=RealAgnosticResidualInteractionBlock,
         interaction_cls_first=RealAgnosticResidualInteractionBlock, num_interactions=2,

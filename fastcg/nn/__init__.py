@@ -7,7 +7,7 @@ right class (:func:`fastcg.convert` uses it to swap the e3nn modules inside a mo
 
 import torch
 
-from .conv import TensorProductConv
+from .conv import RadialFusedConv, TensorProductConv
 from .fc import FullyConnectedNet
 from .gate import Activation, Gate
 from .linear import Linear
@@ -23,6 +23,7 @@ __all__ = [
     "FullyConnectedTensorProduct",
     "Gate",
     "Linear",
+    "RadialFusedConv",
     "SpeciesLinear",
     "SphericalHarmonics",
     "SymmetricContraction",

@@ -1,10 +1,11 @@
 """Fused equivariant convolution: gather, tensor product and scatter in one op."""
 
-from typing import Any
+from typing import Any, Optional
 
 from torch import Tensor
 
 from ..ops import conv_radial_tables, conv_tables
+from .fc import FullyConnectedNet
 from .tensor_product import TensorProduct
 
 
@@ -73,3 +74,38 @@ class TensorProductConv(TensorProduct):
             self._cg_index, self._cg_value, self._in1_dim, self._in2_dim, self._out_dim,
             self.weight_numel,
         )  # fmt: skip
+
+
+class RadialFusedConv(TensorProductConv):
+    """A :class:`TensorProductConv` that can take over a radial MLP's last linear layer.
+
+    The base of the frameworks' conv modules (mace-torch's, SevenNet's): after
+    :meth:`fuse_radial`, the weights they pass are the MLP's last hidden layer and
+    :meth:`_forward_fused` applies the last layer inside the conv (:func:`fastcg.ops.conv_radial`).
+    """
+
+    # class defaults: from_e3nn builds instances without __init__
+    _radial_weight: Optional[Tensor] = None  # noqa: UP045 (TorchScript reads this annotation)
+    _radial_scale: float = 1.0
+
+    def fuse_radial(self, net: FullyConnectedNet) -> None:
+        """Take over ``net``'s last layer (``net`` then returns its last hidden layer)."""
+        layer = net.defer_last()
+        # The same Parameter object, held as a plain attribute rather than registered: it keeps
+        # its one name in the net (the framework's state_dicts load unchanged), .to() / .double()
+        # / optimizers update it in place, deepcopy and pickling keep the sharing, and
+        # TorchScript sees a Tensor attribute.
+        object.__setattr__(self, "_radial_weight", layer.weight)
+        self._radial_scale = layer.scale
+
+    def _forward_fused(
+        self, x: Tensor, edge_attr: Tensor, weight: Tensor, src: Tensor, dst: Tensor,
+        num_nodes: int,
+    ) -> Tensor:  # fmt: skip
+        # the conv with the fused last layer once fuse_radial ran, else with whole weights
+        w = self._radial_weight
+        if w is not None:
+            return self.forward_radial(
+                x, edge_attr, weight, w * self._radial_scale, src, dst, num_nodes
+            )
+        return self._forward(x, edge_attr, weight, src, dst, num_nodes)
