@@ -89,6 +89,30 @@ def test_derivatives_match_conv_of_the_product(case, backend, chunk):
             assert_close(a, b)
 
 
+@pytest.mark.parametrize("first", [(2,), (3,), (2, 3), (0, 3), (1, 2)], ids=str)
+def test_second_derivatives_from_some_first(first, chunk):
+    """Second derivatives when only some first-order gradients carry cotangents (training on
+    forces differentiates radial's and W's gradients through different paths), all five inputs,
+    equal to conv(x, y, h @ W)'s; with many chunks the weights are never whole."""
+    desc, x, y, h, W, src, dst = radial_graph("mixed", 6, 25, F64, requires_grad=True)
+    inputs = (x, y, h, W)
+    g = torch.randn(6, desc.dim_out, dtype=F64, requires_grad=True)
+    cot = [torch.randn_like(inputs[i]) for i in first]
+
+    def second(out):
+        grads = torch.autograd.grad(out, [inputs[i] for i in first], g, create_graph=True)
+        total = sum((a * c).sum() for a, c in zip(grads, cot))
+        return torch.autograd.grad(total, (*inputs, g), allow_unused=True)
+
+    ours = second(fastcg.conv_radial(x, y, h, W, src, dst, 6, desc))
+    ref = second(fastcg.conv(x, y, h @ W, src, dst, 6, desc))
+    for a, b in zip(ours, ref):
+        if b is None or a is None:
+            assert (a is None or not a.any()) and (b is None or not b.any())
+        else:
+            assert_close(a, b)
+
+
 @pytest.mark.parametrize("case", ["small_uvu", "small_modes"])
 def test_gradcheck(case, backend, chunk):
     desc, x, y, h, W, src, dst = radial_graph(case, 4, 9, F64, k=3, requires_grad=True)

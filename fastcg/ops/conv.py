@@ -231,11 +231,12 @@ def register(ns: str) -> None:
 def register_radial(ns: str) -> None:
     """Fake kernels and autograd for ``{ns}::conv_radial`` and its backward.
 
-    The backward's own derivative (training on forces) forms the weights ``w = radial @ W``
-    whole and reuses the conv's double backward: with ``gw`` the weight gradient the backward
-    returns (radial's is ``gw W^T``, W's ``radial^T gw``), the cotangents of those two outputs
-    meet the weights as ``ggw = gg_radial W + radial gg_W``, and the chain rule through
-    ``w = radial W`` and through ``ggw`` gives radial's and W's terms.
+    The backward's own derivative (training on forces) runs on ``conv_radial`` and
+    ``conv_radial_backward`` again, so the per-edge weights ``w = radial @ W`` and their gradient
+    exist one chunk at a time here too. With ``gw = T_c(x, y, g)`` the weight gradient the
+    backward contracts (radial's is ``gw W^T``, W's ``radial^T gw``), the cotangents of those
+    two outputs meet the weights as ``ggw = gg_radial W + radial gg_W = [gg_radial | radial]
+    [W ; gg_W]``: one more radial product, with twice the hidden width.
     """
     ops = getattr(torch.ops, ns)
 
@@ -271,25 +272,43 @@ def register_radial(ns: str) -> None:
         g, x, y, h, W, src, dst, paths, cg_index, cg_value = ctx.saved_tensors
         n_g, n_x, n_y, n_h, n_W = ctx.needs_input_grad[:5]
         ggx, ggy, ggh, ggW = present((ggx, ggy, ggh, ggW), ctx.mask)
-        w = h @ W
-        fwd, bwd = _fwd_bwd(ops, g, src, dst, paths, cg_index, cg_value)
-        ggw = None
-        if ggh is not None:
-            ggw = ggh @ W
-        if ggW is not None:
-            ggw = _add(ggw, h @ ggW)
-        needs = (n_g, n_x, n_y, n_h or n_W)
-        d_g, d_x, d_y, d_w = double_backward(x, y, w, (ggx, ggy, ggw), needs, fwd, bwd)
-        d_h = d_W = None
-        if d_w is not None:
-            d_h = d_w @ W.t() if n_h else None
-            d_W = h.t() @ d_w if n_W else None
-        if (n_h and ggW is not None) or (n_W and ggh is not None):
-            gw = bwd(x, y, w, [False, False, True], False)[2]  # the backward's weight gradient
-            if n_h and ggW is not None:
-                d_h = _add(d_h, gw @ ggW.t())
-            if n_W and ggh is not None:
-                d_W = _add(d_W, ggh.t() @ gw)
+
+        def fwd(a, b, r, rw, p):
+            return ops.conv_radial(a, b, r, rw, src, dst, g.shape[0], p, cg_index, cg_value,
+                                   g.shape[1])  # fmt: skip
+
+        def bwd(a, b, r, rw, mask, p):
+            return ops.conv_radial_backward(g, a, b, r, rw, src, dst, p, cg_index, cg_value, mask)
+
+        d_g = d_x = d_y = d_h = d_W = None
+        # <ggx, T_a(g, y, w)> = <g, T(ggx, y, w)>, and likewise for ggy: trilinear terms
+        terms = [(ggx, y, False, n_y)] if ggx is not None else []
+        terms += [(x, ggy, n_x, False)] if ggy is not None else []
+        for a, b, n_a, n_b in terms:
+            if n_g:
+                d_g = _add(d_g, fwd(a, b, h, W, paths))
+            if n_a or n_b or n_h or n_W:
+                ta, tb, th, tW = bwd(a, b, h, W, [n_a, n_b, n_h, n_W], paths)
+                d_x = _add(d_x, ta) if n_a else d_x
+                d_y = _add(d_y, tb) if n_b else d_y
+                d_h = _add(d_h, th) if n_h else d_h
+                d_W = _add(d_W, tW) if n_W else d_W
+        if ggh is not None or ggW is not None:
+            # <gw, ggw>: the weighted paths with weights ggw (not linear in w elsewhere). Through
+            # gw itself it also gives d radial = gw ggW^T and d W = ggh^T gw: the same backward
+            # call's radial and W gradients (its radial is [ggh | h], its weight [W ; ggW]).
+            wp, k = weighted_paths(paths), h.shape[1]
+            m_h, m_W = bool(n_h and ggW is not None), bool(n_W and ggh is not None)
+            r, rw = (ggh, W) if ggW is None else (h, ggW) if ggh is None else (
+                torch.cat([ggh, h], 1), torch.cat([W, ggW], 0))  # fmt: skip
+            if n_g:
+                d_g = _add(d_g, fwd(x, y, r, rw, wp))
+            if n_x or n_y or m_h or m_W:
+                tx, ty, th, tW = bwd(x, y, r, rw, [n_x, n_y, m_h, m_W], wp)
+                d_x = _add(d_x, tx) if n_x else d_x
+                d_y = _add(d_y, ty) if n_y else d_y
+                d_h = _add(d_h, th[:, -k:]) if m_h else d_h  # the ggW columns
+                d_W = _add(d_W, tW[:k]) if m_W else d_W  # the ggh rows
         return d_g, d_x, d_y, d_h, d_W, *([None] * 6)
 
     register_forward_autograd(f"{ns}::conv_radial", backward, setup_context=setup)
