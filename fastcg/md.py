@@ -1,10 +1,13 @@
 """``fastcg md``: NVE molecular dynamics with a fastcg model, timed against its e3nn reference.
 
 Runs ASE's velocity Verlet on a built-in structure (default: 864-atom fcc Cu, rattled, 300 K
-velocities) or any file ASE reads, with a model of seeded random weights. Prints atom-steps/s of
-fastcg and of the reference (mace-torch when ``--model mace-torch``, the e3nn twin otherwise) on
+velocities) or any file ASE reads, with a model of seeded random weights (or the trained
+SevenNet-0, ``--model sevennet-0``, converted by ``fastcg.convert``). Prints atom-steps/s of
+fastcg and of the reference (mace-torch when ``--model mace-torch``, sevenn's SevenNet-0 when
+``--model sevennet-0``, the e3nn twin otherwise) on
 the same structure, the speed-up, max |dF| between them, the energy drift per atom, and writes a
-PNG of the energies against the step.
+PNG of the energies against the step. ``--engine torchsim --batch K`` also runs torch-sim's
+batched velocity Verlet on K copies of the structure at once (atom-steps/s of the K together).
 """
 
 from __future__ import annotations
@@ -24,19 +27,27 @@ import torch
 import fastcg
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-MODEL_NAMES = ("mace", "mace-torch", "nequip", "schnet")
+MODEL_NAMES = ("mace", "mace-torch", "nequip", "schnet", "so3net", "sevennet-0")
 # The --max-ell each model is built for, checked before anything is built. MACE's product basis
 # (correlation 3) holds coupling tensors of (2l+1) x D^3 x K float64 values, D = (max_ell+1)^2:
 # 43 MB at max_ell 4, 218 MB at 5 (0.8 GB peak while built), about 22 GB at 9, which ran a
 # machine out of memory. mace-torch needs an l = 1 harmonic for its 1o hidden features.
-# NequIP's spherical harmonics run to l = 8. SchNet has no angular part (max_ell is unused).
-ELL_RANGE = {"mace": (0, 4), "mace-torch": (1, 4), "nequip": (0, 8), "schnet": (0, 8)}
+# NequIP's and SO3Net's spherical harmonics run to l = 8. SchNet has no angular part (max_ell is
+# unused).
+# SevenNet-0 is the trained model shipped with sevenn: --channels and --max-ell do not apply.
+ELL_RANGE = {"mace": (0, 4), "mace-torch": (1, 4), "nequip": (0, 8), "schnet": (0, 8),
+             "so3net": (0, 8), "sevennet-0": (0, 8)}  # fmt: skip
 
 
 def build_structure(spec: str, seed: int):
-    """``cu`` (864-atom fcc Cu rattled by 0.05 A), ``cu-small`` (32 atoms) or a file ASE reads."""
+    """``cu`` (864-atom fcc Cu rattled by 0.05 A), ``cu-small`` (32 atoms), ``si`` (512-atom
+    diamond Si, rattled) or a file ASE reads."""
     from ase.build import bulk
 
+    if spec == "si":
+        atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (4, 4, 4)
+        atoms.rattle(0.05, seed=seed)
+        return atoms
     if spec in ("cu", "cu-small"):
         reps = 6 if spec == "cu" else 2
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (reps, reps, reps)
@@ -53,12 +64,19 @@ def build_models(
     """(fastcg model, reference model, reference label), float64, seeded random weights.
 
     ``channels`` / ``max_ell`` size MACE and mace-torch (hidden ``C x 0e + C x 1o``, spherical
-    harmonics to ``max_ell``), NequIP (features, lmax) and SchNet (features).
+    harmonics to ``max_ell``), NequIP and SO3Net (features, lmax) and SchNet (features).
+    ``sevennet-0`` is sevenn's trained SevenNet-0 (float32; its sizes are its own).
     """
     check_model_size(name, channels, max_ell)
     from .models import MODELS
     from .models._reference import default_dtype, reference_twin
 
+    if name == "sevennet-0":  # trained: built as sevenn builds it (float32; the calculator casts)
+        from .convert import convert
+        from .integrations.sevennet import load_sevennet_0
+
+        ref = load_sevennet_0()
+        return convert(ref), ref, "sevenn (e3nn)"
     torch.manual_seed(seed)
     with default_dtype(torch.float64):
         if name == "mace-torch":
@@ -69,7 +87,8 @@ def build_models(
             return convert(ref), ref, "mace-torch (e3nn)"
         kwargs = {"mace": {"num_channels": channels, "max_ell": max_ell},
                   "nequip": {"num_features": channels, "lmax": max_ell, "cutoff": 5.0},
-                  "schnet": {"num_features": channels}}[name]  # fmt: skip
+                  "schnet": {"num_features": channels},
+                  "so3net": {"num_features": channels, "lmax": max_ell}}[name]  # fmt: skip
         model = MODELS[name](atomic_numbers, **kwargs)
         return model, reference_twin(model), f"{name} e3nn twin"
 
@@ -189,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--structure",
         default="cu",
-        help="'cu' (864 atoms), 'cu-small' (32 atoms) or a file ASE reads",
+        help="'cu' (864 atoms), 'cu-small' (32 atoms), 'si' (512 atoms) or a file ASE reads",
     )
     p.add_argument("--steps", type=_number(int, 1), default=30, help="fastcg MD steps (>= 1)")
     p.add_argument(
@@ -226,6 +245,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0)
     p.add_argument("--plot", default="fastcg_md.png", help="PNG path ('' for none)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--engine",
+        choices=["ase", "torchsim"],
+        default="ase",
+        help="torchsim: also torch-sim's batched NVE on --batch copies at once",
+    )
+    p.add_argument(
+        "--batch",
+        type=_number(int, 1),
+        default=None,
+        help="systems per torch-sim batch (>= 1, default 4; --engine torchsim)",
+    )
     return p  # fmt: skip
 
 
@@ -272,10 +303,22 @@ def _check_plot(p: argparse.ArgumentParser, path: str) -> None:
                     + ", ".join(f".{k}" for k in sorted(kinds)))  # fmt: skip
 
 
+def _check_engine(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--engine torchsim`` needs torch-sim installed; ``--batch`` needs that engine."""
+    if args.engine != "torchsim":
+        if args.batch is not None:
+            p.error("argument --batch: only with --engine torchsim")
+        return
+    if importlib.util.find_spec("torch_sim") is None:
+        p.error("argument --engine: torch-sim is not installed "
+                "(pip install torch-sim-atomistic==0.3.0, or fastcg[torchsim])")  # fmt: skip
+    args.batch = 4 if args.batch is None else args.batch
+
+
 def _load_structure(p: argparse.ArgumentParser, spec: str, seed: int):
     """``build_structure``, with any problem reported as an error of ``--structure``."""
-    if spec not in ("cu", "cu-small") and not Path(spec).is_file():
-        p.error(f"argument --structure: {spec!r} is neither 'cu', 'cu-small' nor a file")
+    if spec not in ("cu", "cu-small", "si") and not Path(spec).is_file():
+        p.error(f"argument --structure: {spec!r} is neither 'cu', 'cu-small', 'si' nor a file")
     try:
         atoms = build_structure(spec, seed)
     except Exception as e:  # noqa: BLE001 (ASE raises many kinds for an unreadable file)
@@ -306,6 +349,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, o
     args.model = args.model or default_model()
     if args.model == "mace-torch" and importlib.util.find_spec("mace") is None:
         p.error("argument --model: mace-torch is not installed (pip install mace-torch)")
+    if args.model == "sevennet-0" and importlib.util.find_spec("sevenn") is None:
+        p.error("argument --model: sevenn is not installed (pip install sevenn==0.13.0, or "
+                "fastcg[sevennet])")  # fmt: skip
     channels, max_ell = (8, 2) if args.small else (args.channels, args.max_ell)
     try:
         check_model_size(args.model, args.channels, args.max_ell)
@@ -315,7 +361,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, o
         p.error(f"argument {option}: {e}")
     _check_backend(p, args.backend)
     _check_plot(p, args.plot)
-    return args, _load_structure(p, args.structure, args.seed)
+    _check_engine(p, args)
+    atoms = _load_structure(p, args.structure, args.seed)
+    if args.engine == "torchsim" and len(set(atoms.pbc.tolist())) > 1:
+        p.error(f"argument --structure: torch-sim takes one periodicity for all axes; "
+                f"{args.structure!r} has pbc {atoms.pbc.tolist()}")  # fmt: skip
+    return args, atoms
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,10 +405,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs[ref_label] = run_nve(atoms.copy(), ref_calc, ref_steps, args.timestep,
                                   not args.no_progress, "reference")  # fmt: skip
     _report(runs, ref_label, n, df)
+    if args.engine == "torchsim":
+        _torchsim(args, atoms, [("fastcg", fast, args.steps), (ref_label, ref, ref_steps)],
+                  dtype, float(run["epot"][0]))  # fmt: skip
     if args.plot:
         plot(args.plot, runs, n)
         print(f"plot: {args.plot}")
     return 0
+
+
+def _torchsim(args: argparse.Namespace, atoms, models: list, dtype: torch.dtype,
+              e_ase: float) -> None:  # fmt: skip
+    """torch-sim's batched NVE on ``args.batch`` copies of ``atoms`` per model (label, model,
+    steps): atom-steps/s of the batch, beside the ASE loop's."""
+    from .integrations.torchsim import run_nve as run_batched
+
+    n, k = len(atoms), args.batch
+    print(f"torch-sim batched NVE, {k} systems x {n} atoms at once:")
+    runs = {}
+    for label, model, steps in models:
+        if steps == 0:
+            continue
+        fast = label == "fastcg"
+        with fastcg.use_backend(args.backend) if args.backend and fast else _nothing():
+            runs[label] = run_batched(model, atoms, k, steps, args.timestep, args.temperature,
+                                      dtype, args.seed, not args.no_progress, label)  # fmt: skip
+    rate = {label: k * n * r["steps"] / r["seconds"] for label, r in runs.items()}
+    for label, r in runs.items():
+        print(f"{label:<24} {r['steps']:5d} steps {r['seconds']:8.2f} s "
+              f"{rate[label]:12.1f} atom-steps/s")  # fmt: skip
+    if len(rate) == 2:
+        print(f"speed-up (torch-sim): {rate['fastcg'] / rate[models[1][0]]:.2f}x")
+    r = runs["fastcg"]
+    print(f"max |E(step 0)| torch-sim vs ASE calculator: {abs(r['epot'][0] - e_ase).max():.3e} eV")
+    etot = r["epot"] + r["ekin"]
+    print(f"energy drift per atom over {r['steps']} steps (worst of {k}): "
+          f"{abs(etot[-1] - etot[0]).max() / n:.3e} eV")  # fmt: skip
 
 
 def _nothing():

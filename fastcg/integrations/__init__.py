@@ -25,6 +25,9 @@ import torch
 # framework's top-level package -> fastcg module holding its hooks
 FRAMEWORKS = {
     "mace": "fastcg.integrations.mace",
+    "nequip": "fastcg.integrations.nequip",
+    "sevenn": "fastcg.integrations.sevennet",
+    "schnetpack": "fastcg.integrations.schnetpack",
 }
 
 
