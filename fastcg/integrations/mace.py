@@ -89,18 +89,8 @@ def finish(model: torch.nn.Module) -> int:
     count = 0
     for module in model.modules():
         conv, net = getattr(module, "conv_tp", None), getattr(module, "conv_tp_weights", None)
-        if (
-            isinstance(module, InteractionBlock)
-            and type(conv) is MaceConv
-            and isinstance(net, fnn.FullyConnectedNet)
-            and not conv.shared_weights
-            and conv._radial_weight is None
-        ):
-            try:
-                conv.fuse_radial(net)
-            except ValueError:  # an activated last layer: the weights stay whole
-                continue
-            count += 1
+        if isinstance(module, InteractionBlock) and type(conv) is MaceConv:
+            count += conv.try_fuse_radial(net)
     return count
 
 

@@ -100,17 +100,10 @@ def finish(model: torch.nn.Module) -> int:
     count = 0
     for module in model.modules():
         conv, net = getattr(module, "convolution", None), getattr(module, "weight_nn", None)
-        if (
-            isinstance(module, IrrepsScatterGatterFusedConvolution)
-            and type(conv) is FastCGConvolution
-            and isinstance(net, fnn.FullyConnectedNet)
-            and conv._radial_weight is None
+        if isinstance(module, IrrepsScatterGatterFusedConvolution) and (
+            type(conv) is FastCGConvolution
         ):
-            try:
-                conv.fuse_radial(net)
-            except ValueError:  # an activated last layer: the weights stay whole
-                continue
-            count += 1
+            count += conv.try_fuse_radial(net)
     return count
 
 

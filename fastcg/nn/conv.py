@@ -98,6 +98,19 @@ class RadialFusedConv(TensorProductConv):
         object.__setattr__(self, "_radial_weight", layer.weight)
         self._radial_scale = layer.scale
 
+    def try_fuse_radial(self, net: Any) -> bool:
+        """:meth:`fuse_radial` where it applies (``net`` a fastcg ``FullyConnectedNet`` ending in a
+        linear layer, per-edge weights, not fused yet); whether it did."""
+        if not isinstance(net, FullyConnectedNet) or self.shared_weights:
+            return False
+        if self._radial_weight is not None:
+            return False
+        try:
+            self.fuse_radial(net)
+        except ValueError:  # an activated last layer: the weights stay whole
+            return False
+        return True
+
     def _forward_fused(
         self, x: Tensor, edge_attr: Tensor, weight: Tensor, src: Tensor, dst: Tensor,
         num_nodes: int,
