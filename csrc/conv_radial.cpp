@@ -5,12 +5,17 @@
 // one chunk of edges at a time, forward and backward, and neither they nor their gradient are
 // stored. Chunks are ranges of destination nodes, so each chunk's output rows are its own and
 // the result is what fastcg::conv gives (same kernels, same order of sums). Device-agnostic:
-// each chunk calls the fastcg::conv / conv_backward kernels of the inputs' device.
+// each chunk calls the fastcg::conv / conv_backward kernels of the inputs' device; on the CPU,
+// cpu/conv.cpp's conv_weighted kernels make the weights per thread block instead (L2-sized).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "cpu/conv_radial.h"
+#include "cpu/utils.h"
+
 #include <array>
+#include <cmath>
 #include <cstdlib>
 #include <tuple>
 #include <utility>
@@ -82,19 +87,27 @@ void check_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial
                 "conv_radial: ", name, " must be int64 [num_edges]");
 }
 
-Chunks plan(const Tensor& edge_attr, const Tensor& radial, const Tensor& src, const Tensor& dst,
-            int64_t num_nodes, int64_t weight_numel) {
-  TORCH_CHECK(num_nodes >= 0, "conv_radial: num_nodes must be >= 0");
+// The edges in destination order (stable), with perm set when they were not.
+Chunks sorted_edges(const Tensor& edge_attr, const Tensor& radial, const Tensor& src,
+                    const Tensor& dst) {
   Chunks c;
   const int64_t E = dst.size(0);
   const bool sorted = E < 2 || (dst.slice(0, 1) >= dst.slice(0, 0, E - 1)).all().item<bool>();
   if (sorted) {
-    c.src = src, c.dst = dst, c.edge_attr = edge_attr, c.radial = radial;
+    c.src = src, c.dst = dst, c.edge_attr = edge_attr.contiguous(), c.radial = radial.contiguous();
   } else {
     c.perm = std::get<1>(dst.sort(/*stable=*/true, 0, false));
     c.src = src.index_select(0, c.perm), c.dst = dst.index_select(0, c.perm);
     c.edge_attr = edge_attr.index_select(0, c.perm), c.radial = radial.index_select(0, c.perm);
   }
+  return c;
+}
+
+Chunks plan(const Tensor& edge_attr, const Tensor& radial, const Tensor& src, const Tensor& dst,
+            int64_t num_nodes, int64_t weight_numel) {
+  TORCH_CHECK(num_nodes >= 0, "conv_radial: num_nodes must be >= 0");
+  Chunks c = sorted_edges(edge_attr, radial, src, dst);
+  const int64_t E = dst.size(0);
   if (E > 0)
     TORCH_CHECK(c.dst.min().item<int64_t>() >= 0, "conv_radial: dst has negative entries");
   const Tensor counts = at::bincount(c.dst, {}, num_nodes).cpu();
@@ -113,6 +126,14 @@ Chunks plan(const Tensor& edge_attr, const Tensor& radial, const Tensor& src, co
     }
   }
   return c;
+}
+
+// Indices in the caller's order (the kernels see them sorted: their messages would name other
+// positions).
+void check_graph_cpu(const Tensor& src, const Tensor& dst, int64_t num_src, int64_t num_nodes) {
+  TORCH_CHECK(num_nodes >= 0, "num_nodes must be >= 0, got ", num_nodes);
+  fastcg::check_index(src.contiguous(), src.size(0), num_src, "src");
+  fastcg::check_index(dst.contiguous(), dst.size(0), num_nodes, "dst");
 }
 
 Tensor rows(const Tensor& t, int64_t a, int64_t b) { return t.slice(0, a, b); }
@@ -139,6 +160,12 @@ Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radia
                    const Tensor& cg_value, int64_t dim_out) {
   static const auto op = handle<ConvSig>("fastcg::conv");
   check_radial(x, edge_attr, radial, radial_weight, src, dst, paths, cg_index, cg_value);
+  if (x.device().is_cpu()) {  // cpu/conv.cpp makes the weights per thread block (L2-sized)
+    check_graph_cpu(src, dst, x.size(0), num_nodes);
+    const Chunks c = sorted_edges(edge_attr, radial, src, dst);
+    return fastcg::conv_weighted_cpu(x, c.edge_attr, {false, c.radial, radial_weight.contiguous()},
+                                     c.src, c.dst, num_nodes, paths, cg_index, cg_value, dim_out);
+  }
   const Chunks c = plan(edge_attr, radial, src, dst, num_nodes, radial_weight.size(1));
   auto out = at::empty({num_nodes, dim_out}, x.options());
   Tensor buf;
@@ -162,6 +189,14 @@ Tensor4 conv_radial_backward(const Tensor& grad_out, const Tensor& x, const Tens
   TORCH_CHECK(grad_out.device() == x.device(), "conv_radial_backward: grad_out is on ",
               grad_out.device(), " but x is on ", x.device());
   TORCH_CHECK(grad_out.dim() == 2, "conv_radial_backward: grad_out must be [num_nodes, dim_out]");
+  if (x.device().is_cpu()) {
+    check_graph_cpu(src, dst, x.size(0), grad_out.size(0));
+    const Chunks c = sorted_edges(edge_attr, radial, src, dst);
+    auto [gx, gy, gh, gW] = fastcg::conv_weighted_backward_cpu(
+        grad_out.contiguous(), x, c.edge_attr, {false, c.radial, radial_weight.contiguous()},
+        c.src, c.dst, paths, cg_index, cg_value, mask);
+    return {gx, mask[1] ? unpermute(gy, c.perm) : gy, mask[2] ? unpermute(gh, c.perm) : gh, gW};
+  }
   const Chunks c = plan(edge_attr, radial, src, dst, grad_out.size(0), radial_weight.size(1));
   const Tensor g = grad_out.contiguous();
   Tensor gx = mask[0] ? at::zeros_like(x) : at::empty({0}, x.options());
@@ -194,11 +229,67 @@ Tensor4 conv_radial_backward(const Tensor& grad_out, const Tensor& x, const Tens
   return {gx, gy, gh, gW};
 }
 
+// conv_tabulated: the conv with per-edge weights read from a cubic Hermite table of the radial
+// function at the edge lengths r (an opt-in approximation for MD, fastcg.nn.RadialFusedConv.
+// tabulate). CPU only; the backward gives grad r (first derivatives only).
+void check_tabulated(const Tensor& x, const Tensor& edge_attr, const Tensor& r,
+                     const Tensor& table, double step, const Tensor& src, const Tensor& dst) {
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&x, "x"}, {&r, "r"},
+                                {&edge_attr, "edge_attr"}, {&table, "table"}, {&src, "src"},
+                                {&dst, "dst"}})
+    TORCH_CHECK(t->device().is_cpu(), "conv_tabulated: ", name, " must be a CPU tensor");
+  TORCH_CHECK(edge_attr.dim() == 2, "conv_tabulated: edge_attr must be 2-D [num_edges, dim2]");
+  TORCH_CHECK(r.dim() == 1 && r.size(0) == edge_attr.size(0),
+              "conv_tabulated: r must be [num_edges]");
+  TORCH_CHECK(table.dim() == 3 && table.size(0) >= 2 && table.size(1) == 2,
+              "conv_tabulated: table must be [G + 1, 2, numel] with G >= 1, got ", table.sizes());
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&r, "r"}, {&table, "table"}})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), "conv_tabulated: ", name, " has dtype ",
+                t->scalar_type(), " but x has ", x.scalar_type());
+  TORCH_CHECK(std::isfinite(step) && step > 0, "conv_tabulated: step must be positive, got ",
+              step);
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&src, "src"}, {&dst, "dst"}})
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == edge_attr.size(0) &&
+                    t->scalar_type() == at::kLong,
+                "conv_tabulated: ", name, " must be int64 [num_edges]");
+}
+
+Tensor conv_tabulated(const Tensor& x, const Tensor& edge_attr, const Tensor& r,
+                      const Tensor& table, double step, const Tensor& src, const Tensor& dst,
+                      int64_t num_nodes, const Tensor& paths, const Tensor& cg_index,
+                      const Tensor& cg_value, int64_t dim_out) {
+  check_tabulated(x, edge_attr, r, table, step, src, dst);
+  check_graph_cpu(src, dst, x.size(0), num_nodes);
+  fastcg::check_table_lengths(r, table.size(0), step);
+  const Chunks c = sorted_edges(edge_attr, r, src, dst);
+  return fastcg::conv_weighted_cpu(x, c.edge_attr, {true, c.radial, table.contiguous(), step},
+                                   c.src, c.dst, num_nodes, paths, cg_index, cg_value, dim_out);
+}
+
+Tensor3 conv_tabulated_backward(const Tensor& grad_out, const Tensor& x, const Tensor& edge_attr,
+                                const Tensor& r, const Tensor& table, double step,
+                                const Tensor& src, const Tensor& dst, const Tensor& paths,
+                                const Tensor& cg_index, const Tensor& cg_value,
+                                std::array<bool, 3> mask) {
+  check_tabulated(x, edge_attr, r, table, step, src, dst);
+  TORCH_CHECK(grad_out.device().is_cpu() && grad_out.dim() == 2,
+              "conv_tabulated_backward: grad_out must be a CPU [num_nodes, dim_out] tensor");
+  check_graph_cpu(src, dst, x.size(0), grad_out.size(0));
+  fastcg::check_table_lengths(r, table.size(0), step);
+  const Chunks c = sorted_edges(edge_attr, r, src, dst);
+  auto [gx, gy, gr, unused] = fastcg::conv_weighted_backward_cpu(
+      grad_out.contiguous(), x, c.edge_attr, {true, c.radial, table.contiguous(), step}, c.src,
+      c.dst, paths, cg_index, cg_value, {mask[0], mask[1], mask[2], false});
+  return {gx, mask[1] ? unpermute(gy, c.perm) : gy, mask[2] ? unpermute(gr, c.perm) : gr};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastcg, CPU, m) {
   m.impl("conv_radial", &conv_radial);
   m.impl("conv_radial_backward", &conv_radial_backward);
+  m.impl("conv_tabulated", &conv_tabulated);
+  m.impl("conv_tabulated_backward", &conv_tabulated_backward);
 }
 
 TORCH_LIBRARY_IMPL(fastcg, CUDA, m) {

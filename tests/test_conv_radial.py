@@ -212,10 +212,11 @@ def test_bad_input_at_the_registered_op():
     op = torch.ops.fastcg.conv_radial
     bad_dst = dst.clone()
     bad_dst[3] = 4
-    with pytest.raises(RuntimeError, match="dst >= num_nodes"):
+    # the CPU kernels name the entry, csrc/conv_radial.cpp's device-agnostic chunks the fault
+    with pytest.raises(RuntimeError, match=r"dst\[3\] = 4 is out of range|dst >= num_nodes"):
         op(x, y, h, W, src, bad_dst, n, *tables, desc.dim_out)
     bad_dst[3] = -2
-    with pytest.raises(RuntimeError, match="negative"):
+    with pytest.raises(RuntimeError, match=r"dst\[3\] = -2 is out|negative"):
         op(x, y, h, W, src, bad_dst, n, *tables, desc.dim_out)
     bad_src = src.clone()
     bad_src[0] = 9

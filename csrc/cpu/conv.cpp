@@ -8,9 +8,14 @@
 #include <torch/library.h>
 
 #include <array>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "core/tp.h"
+#include "cpu/conv_radial.h"
 #include "cpu/utils.h"
 
 namespace fastcg {
@@ -124,16 +129,17 @@ struct BackwardChunk {
   const T *a, *aT, *b, *wp, *gp;
   T *gb, *gW, *rows;
   int64_t dout, rw;
+  int64_t e0 = 0;  // edge of wp's and gW's first row (conv_radial: a block's weights)
 
   void node(int64_t n, T* acc, T* gT, Scratch<T>& sc) const {
     if (off[n] == off[n + 1]) return;
     to_ir_mul(gp + n * dout, pl.out, gT);
     for (int64_t t = off[n]; t < off[n + 1]; ++t) {
       const int64_t e = order[t];
-      const T* we = c.shared ? wp : wp + e * c.wn;
+      const T* we = c.shared ? wp : wp + (e - e0) * c.wn;
       T* gae = rows ? rows + (t - off[n]) * rw : nullptr;
       T* gye = gb ? gb + e * c.d2 : nullptr;
-      T* gwe = gW ? (c.shared ? acc : gW + e * c.wn) : nullptr;
+      T* gwe = gW ? (c.shared ? acc : gW + (e - e0) * c.wn) : nullptr;
       if (gae) std::fill(gae, gae + rw, T(0));
       if (gye) std::fill(gye, gye + c.d2, T(0));
       if (gwe && !c.shared) std::fill(gwe, gwe + c.wn, T(0));
@@ -215,7 +221,372 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
   return {gx, gy, gw};
 }
 
+// ---- convs with weights made in the kernel (cpu/conv_radial.h) ----
+
+// BLAS's Fortran GEMM, called single-threaded inside the kernels' parallel regions. PyTorch's
+// x86 builds export MKL's; weak, so that a torch without it (another BLAS) falls back to at::mm.
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*, const int*)
+    __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*) __attribute__((weak));
+}
+
+// A column-major [rows, cols] matrix with leading dimension ld, as a tensor view.
+template <typename T>
+at::Tensor colmajor(const T* p, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(p), {cols, rows}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value))
+      .t();
+}
+
+// Column-major C [m, n] = op(A) op(B) + beta C, beta 0 or 1 (BLAS's conventions).
+template <typename T>
+void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const int im = int(m), in = int(n), ik = int(k), ilda = int(lda), ildb = int(ldb),
+            ildc = int(ldc);
+  const T one = 1;
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_) return sgemm_(&ta, &tb, &im, &in, &ik, &one, A, &ilda, B, &ildb, &beta, C, &ildc);
+  } else {
+    if (dgemm_) return dgemm_(&ta, &tb, &im, &in, &ik, &one, A, &ilda, B, &ildb, &beta, C, &ildc);
+  }
+  const at::Tensor a = ta == 'N' ? colmajor(A, m, k, lda) : colmajor(A, k, m, lda).t();
+  const at::Tensor b = tb == 'N' ? colmajor(B, k, n, ldb) : colmajor(B, n, k, ldb).t();
+  at::Tensor c = colmajor(C, m, n, ldc);
+  if (beta == T(0)) {
+    c.copy_(at::mm(a, b));
+  } else {
+    c.add_(at::mm(a, b));
+  }
+}
+
+// Cubic Hermite weights of edge length r: rows [G + 1, 2, wn] of values and step-scaled
+// derivatives; w = h00 f_i + h10 d_i + h01 f_i+1 + h11 d_i+1 at t = r / step - i.
+template <typename T>
+FASTCG_HDI void spline_row_impl(const T* tab, int64_t G, T step, int64_t wn, T r, T* w) {
+  const T x = r / step;
+  const int64_t i = std::min<int64_t>(int64_t(x), G - 1);
+  const T t = x - T(i), t2 = t * t, t3 = t2 * t;
+  const T h00 = 2 * t3 - 3 * t2 + 1, h10 = t3 - 2 * t2 + t, h01 = 3 * t2 - 2 * t3, h11 = t3 - t2;
+  const T *f0 = tab + i * 2 * wn, *d0 = f0 + wn, *f1 = d0 + wn, *d1 = f1 + wn;
+  for (int64_t k = 0; k < wn; ++k) w[k] = h00 * f0[k] + h10 * d0[k] + h01 * f1[k] + h11 * d1[k];
+}
+
+// d/dr of spline_row_impl's weights contracted with gw: sum_k gw[k] dw_k/dr.
+template <typename T>
+FASTCG_HDI T spline_grad_impl(const T* tab, int64_t G, T step, int64_t wn, T r, const T* gw) {
+  const T x = r / step;
+  const int64_t i = std::min<int64_t>(int64_t(x), G - 1);
+  const T t = x - T(i), t2 = t * t;
+  const T p00 = 6 * t2 - 6 * t, p10 = 3 * t2 - 4 * t + 1, p11 = 3 * t2 - 2 * t;
+  const T *f0 = tab + i * 2 * wn, *d0 = f0 + wn, *f1 = d0 + wn, *d1 = f1 + wn;
+  constexpr int L = 8;  // independent partial sums: the loop vectorises without reassociation
+  T acc[L] = {};
+  int64_t k = 0;
+  for (; k + L <= wn; k += L)
+    for (int j = 0; j < L; ++j)
+      acc[j] += gw[k + j] *
+                (p00 * (f0[k + j] - f1[k + j]) + p10 * d0[k + j] + p11 * d1[k + j]);
+  T sum = 0;
+  for (; k < wn; ++k) sum += gw[k] * (p00 * (f0[k] - f1[k]) + p10 * d0[k] + p11 * d1[k]);
+  for (int j = 0; j < L; ++j) sum += acc[j];
+  return sum / step;
+}
+
+#define FASTCG_SPLINE_FOR(T)                                                                    \
+  [[maybe_unused]] FASTCG_CLONES static void spline_row(const T* tab, int64_t G, T step,        \
+                                                        int64_t wn, T r, T* w) {                \
+    spline_row_impl<T>(tab, G, step, wn, r, w);                                                 \
+  }                                                                                             \
+  [[maybe_unused]] FASTCG_CLONES static T spline_grad(const T* tab, int64_t G, T step,          \
+                                                      int64_t wn, T r, const T* gw) {           \
+    return spline_grad_impl<T>(tab, G, step, wn, r, gw);                                        \
+  }
+FASTCG_SPLINE_FOR(float)
+FASTCG_SPLINE_FOR(double)
+#undef FASTCG_SPLINE_FOR
+
+// Weights a thread makes at once: 512 KB of float32 stay in L2 between the GEMM (or spline)
+// that writes them and the tensor product that reads them, where csrc/conv_radial.cpp's
+// device-agnostic chunks (8 MB, both threads) went through L3. FASTCG_CONV_RADIAL_CHUNK
+// overrides it (the tests make small inputs take many blocks).
+int64_t weight_block(int64_t wn) {
+  int64_t budget = int64_t{1} << 17;
+  if (const char* env = std::getenv("FASTCG_CONV_RADIAL_CHUNK")) {
+    const long long v = std::atoll(env);
+    if (v > 0) budget = v;
+  }
+  return std::max<int64_t>(1, budget / std::max<int64_t>(wn, 1));
+}
+
+template <typename T>
+struct Weights {
+  const WeightSource& s;
+  const T *a, *b;
+  int64_t K, wn, G;
+  T step;
+
+  Weights(const WeightSource& src)
+      : s(src), a(src.a.data_ptr<T>()), b(src.b.data_ptr<T>()),
+        K(src.table ? 1 : src.a.size(1)), wn(src.numel()), G(src.table ? src.b.size(0) - 1 : 0),
+        step(T(src.step)) {}
+
+  // w [e1 - e0, wn] = the weights of edges [e0, e1)
+  void make(int64_t e0, int64_t e1, T* w) const {
+    if (e1 == e0) return;
+    if (s.table) {
+      for (int64_t e = e0; e < e1; ++e) spline_row(b, G, step, wn, a[e], w + (e - e0) * wn);
+      return;
+    }
+    // row-major w = a[e0:e1] @ b, as column-major w^T = b^T a^T
+    gemm<T>('N', 'N', wn, e1 - e0, K, b, wn, a + e0 * K, K, T(0), w, wn);
+  }
+
+  // ga rows [e0, e1) (gradients of a) from the weights' gradient gw; gb += that block's part of
+  // the gradient of b (matmul source only; nullptr: not wanted)
+  void back(int64_t e0, int64_t e1, const T* gw, T* ga, T* gb) const {
+    if (e1 == e0) return;
+    if (s.table) {
+      if (ga)
+        for (int64_t e = e0; e < e1; ++e)
+          ga[e] = spline_grad(b, G, step, wn, a[e], gw + (e - e0) * wn);
+      return;
+    }
+    if (ga)  // ga = gw @ b^T
+      gemm<T>('T', 'N', K, e1 - e0, wn, b, wn, gw, wn, T(0), ga + e0 * K, K);
+    if (gb)  // gb += a[e0:e1]^T @ gw
+      gemm<T>('N', 'T', wn, K, e1 - e0, gw, wn, a + e0 * K, K, T(1), gb, wn);
+  }
+};
+
+// Checks of the graph and the weight source.
+ConvArgs check_weighted(const at::Tensor& x, const at::Tensor& y, const WeightSource& w,
+                        const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
+                        const at::Tensor& paths, const at::Tensor& cg_index,
+                        const at::Tensor& cg_value, int64_t dim_out) {
+  check_features(x, "x");
+  check_like(y, x, "edge_attr");
+  TORCH_CHECK(y.dim() == 2, "edge_attr must be 2-D [E, dim2], got shape ", y.sizes());
+  const int64_t E = y.size(0), N = x.size(0);
+  check_rows(y, E, "edge_attr");
+  check_like(w.a, x, w.table ? "r" : "radial");
+  check_like(w.b, x, w.table ? "table" : "radial_weight");
+  TORCH_CHECK(w.a.is_contiguous() && w.b.is_contiguous(), "the weight source must be contiguous");
+  if (w.table) {
+    TORCH_CHECK(w.a.dim() == 1 && w.a.size(0) == E, "r must be [num_edges]");
+    TORCH_CHECK(w.b.dim() == 3 && w.b.size(0) >= 2 && w.b.size(1) == 2,
+                "table must be [G + 1, 2, numel] with G >= 1, got ", w.b.sizes());
+    TORCH_CHECK(std::isfinite(w.step) && w.step > 0, "step must be positive, got ", w.step);
+  } else {
+    TORCH_CHECK(w.a.dim() == 2 && w.a.size(0) == E, "radial must be [num_edges, K]");
+    TORCH_CHECK(w.b.dim() == 2 && w.b.size(0) == w.a.size(1),
+                "radial_weight must be [K, numel] with K = radial.shape[1]");
+  }
+  check_index(src, E, N, "src");
+  TORCH_CHECK(num_nodes >= 0, "num_nodes must be >= 0, got ", num_nodes);
+  check_index(dst, E, num_nodes, "dst");
+  check_tables(paths, cg_index, cg_value);
+  check_paths(paths, cg_index, x.size(1), y.size(1), dim_out, w.numel());
+  return {E, N, x.size(1), y.size(1), w.numel(), false};
+}
+
+// Per-thread scratch blocks, allocated once per call (a fresh 512 KB vector per block would be
+// a fresh mmap and its page faults).
+template <typename T>
+struct ThreadBlocks {
+  int64_t size;
+  std::vector<std::vector<T>> w, gw;
+  ThreadBlocks(int64_t sz, bool grad)
+      : size(sz), w(at::get_num_threads()), gw(grad ? at::get_num_threads() : 0) {}
+  T* get(std::vector<std::vector<T>>& v) {
+    auto& b = v[at::get_thread_num()];
+    if (int64_t(b.size()) < size) b.resize(size);
+    return b.data();
+  }
+};
+
+inline bool is_identity(const std::vector<int64_t>& order) {
+  for (size_t t = 0; t < order.size(); ++t)
+    if (order[t] != int64_t(t)) return false;
+  return true;
+}
+
+inline int64_t max_degree(const std::vector<int64_t>& off) {
+  int64_t d = 0;
+  for (size_t n = 0; n + 1 < off.size(); ++n) d = std::max(d, off[n + 1] - off[n]);
+  return d;
+}
+
+// Nodes [n, m) from n whose edges fit `block` (at least node n): one block of weights.
+inline int64_t block_end(const std::vector<int64_t>& off, int64_t n, int64_t end, int64_t block) {
+  int64_t m = n + 1;
+  while (m < end && off[m + 1] - off[n] <= block) ++m;
+  return m;
+}
+
 }  // namespace
+
+void check_table_lengths(const at::Tensor& r, int64_t knots, double step) {
+  TORCH_CHECK(r.device().is_cpu() && r.dim() == 1 && knots >= 2, "check_table_lengths: bad input");
+  const double top = double(knots - 1) * step * (1 + 1e-5);
+  const at::Tensor rc = r.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "check_table_lengths", [&] {
+    const scalar_t* p = rc.data_ptr<scalar_t>();
+    std::atomic<int64_t> bad{rc.numel()};
+    at::parallel_for(0, rc.numel(), 4096, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) {
+        const double v = p[e];
+        if (!(v >= 0 && v <= top)) {  // NaN fails too
+          int64_t cur = bad.load();
+          while (e < cur && !bad.compare_exchange_weak(cur, e)) {
+          }
+          break;
+        }
+      }
+    });
+    const int64_t e = bad.load();
+    TORCH_CHECK(e == rc.numel(), "conv_tabulated: edge ", e, " has length ",
+                e < rc.numel() ? double(p[e]) : 0.0, " outside the table's [0, ",
+                double(knots - 1) * step, "]");
+  });
+}
+
+at::Tensor conv_weighted_cpu(const at::Tensor& x, const at::Tensor& y, const WeightSource& ws,
+                             const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
+                             const at::Tensor& paths, const at::Tensor& cg_index,
+                             const at::Tensor& cg_value, int64_t dim_out) {
+  const ConvArgs c =
+      check_weighted(x, y, ws, src, dst, num_nodes, paths, cg_index, cg_value, dim_out);
+  auto out = at::zeros({num_nodes, dim_out}, x.options());
+  if (c.E == 0) return out;
+  const TPPlan pl = make_plan(paths, cg_index);
+  std::vector<int64_t> off, order;
+  csr(dst.data_ptr<int64_t>(), c.E, num_nodes, off, order);
+  // csrc/conv_radial.cpp sorts: a block of nodes' weights are then rows [off[n], off[m])
+  TORCH_CHECK(is_identity(order), "conv_weighted_cpu: edges must be sorted by destination");
+  const int64_t wblock = weight_block(c.wn), block = std::max(wblock, max_degree(off));
+  const int64_t* p = paths.data_ptr<int64_t>();
+  const int64_t* ci = cg_index.data_ptr<int64_t>();
+  const double* cv = cg_value.data_ptr<double>();
+  const int64_t* s = src.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_weighted", [&] {
+    const Weights<scalar_t> wsrc(ws);
+    const scalar_t *a = x.data_ptr<scalar_t>(), *b = y.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const auto aT = rows_to_ir_mul(a, c.N, c.d1, pl.in, pl.in_size);
+    ThreadBlocks<scalar_t> tb(block * c.wn, false);
+    at::parallel_for(0, num_nodes, 8, [&](int64_t n0, int64_t n1) {
+      Scratch<scalar_t> sc(pl, pl.out_size);
+      scalar_t* wb = tb.get(tb.w);
+      for (int64_t n = n0; n < n1;) {
+        const int64_t mm = block_end(off, n, n1, wblock), e0 = off[n];
+        wsrc.make(e0, off[mm], wb);
+        for (int64_t v = n; v < mm; ++v) {
+          if (off[v] == off[v + 1]) continue;
+          std::fill(sc.accT.begin(), sc.accT.end(), scalar_t(0));
+          for (int64_t t = off[v]; t < off[v + 1]; ++t) {
+            const int64_t e = t;
+            const scalar_t* we = wb + (e - e0) * c.wn;
+            if (!pl.fast.empty())
+              fast_forward(pl, ci, cv, aT.data() + s[e] * pl.in_size, b + e * c.d2, we,
+                           sc.accT.data(), sc);
+            for (int64_t q : pl.generic)
+              tp_path_forward<scalar_t>(p + q * P_NCOLS, ci, cv, a + s[e] * c.d1, b + e * c.d2,
+                                        we, o + v * dim_out);
+          }
+          add_from_ir_mul(sc.accT.data(), pl.out, o + v * dim_out);
+        }
+        n = mm;
+      }
+    });
+  });
+  return out;
+}
+
+// conv_backward's chunks, blocks and source-owned grad_x sums, with each block's weights made
+// (and their gradient consumed: gh = gw W^T, gW += h^T gw, or the spline's d/dr) by the thread
+// that runs it. gW's partials are per fixed block of nodes (for_row_blocks): every sum has one
+// order whatever the thread count.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_weighted_backward_cpu(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, const WeightSource& ws,
+    const at::Tensor& src, const at::Tensor& dst, const at::Tensor& paths,
+    const at::Tensor& cg_index, const at::Tensor& cg_value, std::array<bool, 4> mask) {
+  check_features(x, "x");
+  check_like(g, x, "grad_out");
+  TORCH_CHECK(g.dim() == 2 && g.is_contiguous(), "grad_out must be contiguous 2-D, got shape ",
+              g.sizes());
+  const int64_t dout = g.size(1), M = g.size(0);
+  const ConvArgs c = check_weighted(x, y, ws, src, dst, M, paths, cg_index, cg_value, dout);
+  TORCH_CHECK(!(mask[3] && ws.table), "conv_tabulated: the table has no gradient");
+  auto gx = masked(mask[0], x);
+  auto gy = mask[1] ? at::empty_like(y) : at::empty({0}, y.options());
+  auto ga = mask[2] ? at::empty_like(ws.a) : at::empty({0}, x.options());
+  auto gb = mask[3] ? at::zeros_like(ws.b) : at::empty({0}, x.options());
+  if (mask[2] && c.E == 0) ga.zero_();
+  const bool want_gw = mask[2] || mask[3];
+  if (c.E == 0 || !(mask[0] || mask[1] || want_gw)) return {gx, gy, ga, gb};
+  const TPPlan pl = make_plan(paths, cg_index);
+  std::vector<int64_t> off, order;
+  csr(dst.data_ptr<int64_t>(), c.E, M, off, order);
+  TORCH_CHECK(is_identity(order), "conv_weighted_cpu: edges must be sorted by destination");
+  const int64_t wblock = weight_block(c.wn), block = std::max(wblock, max_degree(off));
+  const int64_t rw = mask[0] ? pl.in_size + (pl.generic.empty() ? 0 : c.d1) : 0;
+  const auto chunks = node_chunks(off, mask[0] ? kEdgeChunk : c.E);
+  int64_t max_chunk = 0;
+  for (size_t q = 0; q + 1 < chunks.size(); ++q)
+    max_chunk = std::max(max_chunk, off[chunks[q + 1]] - off[chunks[q]]);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_weighted_backward", [&] {
+    const Weights<scalar_t> wsrc(ws);
+    const scalar_t* a = x.data_ptr<scalar_t>();
+    const auto aT = rows_to_ir_mul(a, c.N, c.d1, pl.in, pl.in_size);
+    std::vector<scalar_t> rows(rw * max_chunk);
+    std::vector<scalar_t> gaT(mask[0] ? c.N * pl.in_size : 0);
+    ThreadBlocks<scalar_t> tb(block * c.wn, want_gw);
+    scalar_t* gap = mask[2] ? ga.data_ptr<scalar_t>() : nullptr;
+    const BackwardChunk<scalar_t> k{
+        c, pl, paths.data_ptr<int64_t>(), cg_index.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
+        off.data(), order.data(), cg_value.data_ptr<double>(), a, aT.data(),
+        y.data_ptr<scalar_t>(), nullptr, g.data_ptr<scalar_t>(),
+        mask[1] ? gy.data_ptr<scalar_t>() : nullptr, nullptr, nullptr, dout, rw};
+    for (size_t q = 0; q + 1 < chunks.size(); ++q) {
+      const int64_t n0 = chunks[q], n1 = chunks[q + 1];
+      const auto nodes = [&](int64_t r0, int64_t r1, scalar_t* acc) {
+        Scratch<scalar_t> sc(pl, 0);
+        std::vector<scalar_t> gT(pl.out_size);
+        BackwardChunk<scalar_t> kc = k;
+        scalar_t* wb = tb.get(tb.w);
+        scalar_t* gwb = want_gw ? tb.get(tb.gw) : nullptr;
+        for (int64_t n = n0 + r0; n < n0 + r1;) {
+          const int64_t m = block_end(off, n, n0 + r1, wblock), e0 = off[n], e1 = off[m];
+          wsrc.make(e0, e1, wb);
+          kc.wp = wb, kc.gW = gwb, kc.e0 = e0;
+          for (int64_t v = n; v < m; ++v) {
+            kc.rows = rw ? rows.data() + (off[v] - off[n0]) * rw : nullptr;
+            kc.node(v, nullptr, gT.data(), sc);
+          }
+          if (want_gw) wsrc.back(e0, e1, gwb, gap, acc);
+          n = m;
+        }
+      };
+      const int64_t width = mask[3] ? ws.b.numel() : 0;
+      for_row_blocks<scalar_t>(n1 - n0, width, mask[3] ? gb.data_ptr<scalar_t>() : nullptr,
+                               nodes);
+      if (rw) add_to_sources(k, rows.data(), off[n0], off[n1], gaT.data(), gx.data_ptr<scalar_t>());
+    }
+    if (mask[0] && pl.in_size) {
+      scalar_t* gxp = gx.data_ptr<scalar_t>();
+      at::parallel_for(0, c.N, 64, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          add_from_ir_mul(gaT.data() + r * pl.in_size, pl.in, gxp + r * c.d1);
+      });
+    }
+  });
+  return {gx, gy, ga, gb};
+}
 
 TORCH_LIBRARY_IMPL(fastcg, CPU, m) {
   m.impl("conv", &conv);
