@@ -170,6 +170,53 @@ struct ConvRadial : torch::autograd::Function<ConvRadial> {
   }
 };
 
+using ConvTabulatedSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                double, const Tensor&, const Tensor&, c10::SymInt, const Tensor&,
+                                const Tensor&, const Tensor&, int64_t);
+using ConvTabulatedBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&,
+                                         const Tensor&, const Tensor&, double, const Tensor&,
+                                         const Tensor&, const Tensor&, const Tensor&,
+                                         const Tensor&, std::array<bool, 3>);
+
+// First derivatives only, with or without the Python package: a tabulated radial serves MD
+// (forces, stress); training on forces differentiates the exact radial MLP instead.
+struct ConvTabulated : torch::autograd::Function<ConvTabulated> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& edge_attr,
+                        const Tensor& r, const Tensor& table, double step, const Tensor& src,
+                        const Tensor& dst, c10::SymInt num_nodes, const Tensor& paths,
+                        const Tensor& cg_index, const Tensor& cg_value, int64_t dim_out) {
+    static const auto op = handle<ConvTabulatedSig>("fastcg::conv_tabulated");
+    ctx->save_for_backward({x, edge_attr, r, table, src, dst, paths, cg_index, cg_value});
+    ctx->saved_data["step"] = step;
+    return below_autograd(op, x, edge_attr, r, table, step, src, dst, num_nodes, paths,
+                          cg_index, cg_value, dim_out);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = handle<ConvTabulatedBackwardSig>("fastcg::conv_tabulated_backward");
+    const auto s = ctx->get_saved_variables();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      ctx->needs_input_grad(2)};
+    const auto [gx, gy, gr] = op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3],
+                                      ctx->saved_data["step"].toDouble(), s[4], s[5], s[6], s[7],
+                                      s[8], mask);
+    variable_list out = {masked(gx, mask[0]), masked(gy, mask[1]), masked(gr, mask[2])};
+    if (at::GradMode::is_enabled()) {
+      // as torch.autograd.function.once_differentiable: the error node needs inputs that
+      // require grad, or a backward through it would silently skip it (zero second derivatives)
+      for (auto& t : out)
+        if (t.defined()) t = t.detach().requires_grad_(true);
+      out = std::make_shared<torch::autograd::DelayedError>(
+                "fastcg: conv_tabulated has first derivatives only (a tabulated radial is for "
+                "MD; train with the exact radial MLP)",
+                3)
+                ->apply(std::move(out));
+    }
+    out.resize(12);
+    return out;
+  }
+};
+
 struct ScatterSum : torch::autograd::Function<ScatterSum> {
   static Tensor forward(AutogradContext* ctx, const Tensor& src, const Tensor& index,
                         c10::SymInt dim_size) {
@@ -263,6 +310,17 @@ Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radia
                            cg_index, cg_value, dim_out);
 }
 
+Tensor conv_tabulated(const Tensor& x, const Tensor& edge_attr, const Tensor& r,
+                      const Tensor& table, double step, const Tensor& src, const Tensor& dst,
+                      c10::SymInt num_nodes, const Tensor& paths, const Tensor& cg_index,
+                      const Tensor& cg_value, int64_t dim_out) {
+  // here, not in forward (which runs without grad mode)
+  TORCH_CHECK(!(at::GradMode::is_enabled() && table.requires_grad()),
+              "conv_tabulated: the table has no gradient (train the exact radial MLP)");
+  return ConvTabulated::apply(x, edge_attr, r, table, step, src, dst, num_nodes, paths, cg_index,
+                              cg_value, dim_out);
+}
+
 Tensor scatter_sum(const Tensor& src, const Tensor& index, c10::SymInt dim_size) {
   return ScatterSum::apply(src, index, dim_size);
 }
@@ -281,12 +339,14 @@ Tensor symmetric_contraction(const Tensor& x, const Tensor& species, const Tenso
 }  // namespace
 
 // The Autograd alias key covers every backend (CPU, CUDA); fastcg/ops/_autograd.py skips the
-// Python registration of these seven ops when this kernel is present.
+// Python registration of the seven ops it has when this kernel is present (conv_tabulated has
+// this one only).
 TORCH_LIBRARY_IMPL(fastcg, Autograd, m) {
   m.impl("spherical_harmonics", &spherical_harmonics);
   m.impl("tensor_product", &tensor_product);
   m.impl("conv", &conv);
   m.impl("conv_radial", &conv_radial);
+  m.impl("conv_tabulated", &conv_tabulated);
   m.impl("scatter_sum", &scatter_sum);
   m.impl("linear", &linear);
   m.impl("symmetric_contraction", &symmetric_contraction);

@@ -54,6 +54,17 @@ TORCH_LIBRARY(fastcg, m) {
       "Tensor radial_weight, Tensor src, Tensor dst, Tensor paths, Tensor cg_index, "
       "Tensor cg_value, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 
+  // conv with weights read from a cubic Hermite table [G + 1, 2, numel] (values, step-scaled
+  // derivatives at r = i * step) at the edge lengths r [E]; CPU; first derivatives only
+  m.def(
+      "conv_tabulated(Tensor x, Tensor edge_attr, Tensor r, Tensor table, float step, Tensor src, "
+      "Tensor dst, SymInt num_nodes, Tensor paths, Tensor cg_index, Tensor cg_value, int dim_out) "
+      "-> Tensor");
+  m.def(
+      "conv_tabulated_backward(Tensor grad_out, Tensor x, Tensor edge_attr, Tensor r, "
+      "Tensor table, float step, Tensor src, Tensor dst, Tensor paths, Tensor cg_index, "
+      "Tensor cg_value, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
   m.def("scatter_sum(Tensor src, Tensor index, SymInt dim_size) -> Tensor");
 
   // Linear paths int64 [P, 6]: (mul_in, mul_out, ir_dim, off_in, off_out, w_off), path_coeff

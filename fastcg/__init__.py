@@ -21,6 +21,7 @@ from .descriptor import (
 from .ops import (
     conv,
     conv_radial,
+    conv_tabulated,
     linear,
     scatter_sum,
     sort_edges,
@@ -42,6 +43,7 @@ __all__ = [
     "TPDescriptor",
     "conv",
     "conv_radial",
+    "conv_tabulated",
     "convert",
     "get_backend",
     "library_path",

@@ -16,11 +16,17 @@ from . import integrations
 from .nn import twin
 
 
-def convert(model: torch.nn.Module) -> torch.nn.Module:
+def convert(model: torch.nn.Module, radial: str = "exact", step: float = 0.01) -> torch.nn.Module:
     """A copy of ``model`` with every supported e3nn module (and framework conv) on fastcg.
 
     Same parameters (values, names, dtype, device); the original is left untouched. Modules
     fastcg has no twin for (e.g. e3nn's ``TensorSquare``) stay e3nn's.
+
+    ``radial="tabulated"`` (opt-in, for MD): the convs read their per-edge weights from cubic
+    Hermite tables of the model's radial functions (knots every ``step`` Angstrom, CPU kernel)
+    instead of running the radial MLPs: not the same numbers, first derivatives only (forces,
+    stress; no training). The largest error of the tables, absolute and relative to the largest
+    weight, measured between knots, is the copy's ``radial_table_error``. mace-torch models only.
 
     >>> from e3nn import o3
     >>> lin = o3.Linear("2x0e+1x1o", "1x0e")
@@ -34,6 +40,16 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     integrations.convert_modules(out)
     out = _swap_e3nn(out)
     integrations.finish(out)
+    if radial == "tabulated":
+        tables = integrations.tabulate(out, step)
+        if not tables:
+            raise ValueError("radial='tabulated': no radial function fastcg can tabulate here")
+        out.radial_table_error = (
+            max(t.max_error for t in tables),
+            max(t.max_rel_error for t in tables),
+        )
+    elif radial != "exact":
+        raise ValueError(f"radial must be 'exact' or 'tabulated', got {radial!r}")
     return out
 
 

@@ -50,6 +50,8 @@ def op_args() -> dict[str, tuple]:
     sw, ssp = rand(2, sc.weight_numel, 2), torch.tensor([0, 1, 1])
     sg, sgg = rand(3, 2 * sc.dim_out), (rand(*sx.shape), rand(*sw.shape))
     radial_args = (x, y, radial, radial_w, src, dst, *tables)
+    r, table = torch.linspace(0.1, 1.9, 5, dtype=F64), rand(3, 2, wn)  # lengths inside [0, 2]
+    tabulated_args = (x, y, r, table, 1.0, src, dst, *tables)
     v = rand(5, 3)
     return {
         "spherical_harmonics": (v, 2, True, "component"),
@@ -61,6 +63,8 @@ def op_args() -> dict[str, tuple]:
         "conv_backward": (rand(3, dout), x, y, we, src, dst, *tables, [True] * 3),
         "conv_radial": (*radial_args[:6], 3, *tables, dout),
         "conv_radial_backward": (rand(3, dout), *radial_args, [True] * 4),
+        "conv_tabulated": (*tabulated_args[:7], 3, *tables, dout),
+        "conv_tabulated_backward": (rand(3, dout), *tabulated_args, [True] * 3),
         "scatter_sum": (rand(5, 2), dst, 3),
         "linear": (lx, lw, species, *lt, lin.dim_out),
         "linear_backward": (rand(4, lin.dim_out), lx, lw, species, *lt, [True] * 2),
@@ -172,10 +176,11 @@ for name, args in base.items():
 # Corrupted descriptor tables, each passed to every op that reads that table.
 _TABLES = """
 TP_OPS = ["tensor_product", "tensor_product_backward", "conv", "conv_backward", "conv_radial",
-          "conv_radial_backward"]
+          "conv_radial_backward", "conv_tabulated", "conv_tabulated_backward"]
 TP_TABLES = {  # position of (paths, cg_index, cg_value) and of the weights / dim_out
     "tensor_product": 3, "tensor_product_backward": 4, "conv": 6, "conv_backward": 6,
-    "conv_radial": 7, "conv_radial_backward": 7,
+    "conv_radial": 7, "conv_radial_backward": 7, "conv_tabulated": 8,
+    "conv_tabulated_backward": 8,
 }
 
 
@@ -199,8 +204,8 @@ def tp_call(name, paths=None, cg_index=None, cg_value=None, dim_out=None, weight
 
 def tp_case(case, **kw):
     for name in TP_OPS:
-        if "weights" in kw and name.startswith("conv_radial"):
-            continue  # conv_radial's weights are radial @ radial_weight: a shape check
+        if "weights" in kw and name.startswith(("conv_radial", "conv_tabulated")):
+            continue  # weights made by the op (radial @ radial_weight, a table): a shape check
         expect_error(f"{case} / {name}", tp_call(name, **kw))
 
 

@@ -8,6 +8,9 @@ Each module is imported only when its framework is, and offers up to three hooks
   returns how many it swapped.
 - ``finish(model) -> int``: in place, after the e3nn swap (e.g. fold a radial MLP's last layer
   into the fused conv once that MLP is fastcg's).
+- ``tabulate(model, step) -> list[RadialTable]``: in place, after ``finish``, only when the
+  caller opts in (``convert(model, radial="tabulated")``): read the convs' per-edge weights from
+  tables of the radial functions (:func:`fastcg.nn.radial_table`); returns the tables.
 - ``as_model(model) -> Module | None``: ``model`` wrapped in the fastcg model interface
   (``energy = model(positions, numbers, src, dst, shifts, cell)``) when it is this framework's
   model, else None.
@@ -44,6 +47,11 @@ def convert_modules(model: torch.nn.Module) -> int:
 def finish(model: torch.nn.Module) -> int:
     """Every loaded framework's ``finish`` on ``model`` (in place); how many changed."""
     return sum(m.finish(model) for m in loaded() if hasattr(m, "finish"))
+
+
+def tabulate(model: torch.nn.Module, step: float) -> list:
+    """Every loaded framework's ``tabulate`` on ``model`` (in place); the tables it built."""
+    return [t for m in loaded() if hasattr(m, "tabulate") for t in m.tabulate(model, step)]
 
 
 def as_model(model: torch.nn.Module) -> torch.nn.Module:

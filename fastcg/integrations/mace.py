@@ -15,6 +15,9 @@ species: the same numbers, a factor num_species fewer operations), and every mac
 Both keep mace-torch's parameter and buffer names, so state_dicts are interchangeable.
 """
 
+import copy
+from typing import Optional
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -92,6 +95,68 @@ def finish(model: torch.nn.Module) -> int:
         if isinstance(module, InteractionBlock) and type(conv) is MaceConv:
             count += conv.try_fuse_radial(net)
     return count
+
+
+# Interaction blocks whose forward reads edge_feats only as conv_tp_weights(edge_feats) (*
+# cutoff): a table of r can stand in for that product. The density blocks read edge_feats again.
+TABULATABLE = ("RealAgnosticInteractionBlock", "RealAgnosticResidualInteractionBlock")
+
+
+class EdgeLengths(torch.nn.Module):
+    """A tabulated MACE's radial embedding: the edge lengths themselves, for its convs' tables
+    (:func:`tabulate`; the interactions' ``conv_tp_weights`` are then identities)."""
+
+    def forward(
+        self, edge_lengths: Tensor, node_attrs: Tensor, edge_index: Tensor,
+        atomic_numbers: Tensor,
+    ) -> tuple[Tensor, Optional[Tensor]]:  # noqa: UP045  # fmt: skip
+        return edge_lengths, None
+
+
+def tabulate(model: torch.nn.Module, step: float) -> list:
+    """In place, on a converted mace-torch model: each interaction's per-edge weights
+    ``conv_tp_weights(radial_embedding(r)) * cutoff(r)`` (with the fused last layer) become a
+    table of r (:func:`fastcg.nn.radial_table`, knots every ``step``), read by its conv; the
+    model's radial embedding then passes the edge lengths through. Returns the tables."""
+    from mace.modules.blocks import InteractionBlock
+
+    emb = getattr(model, "radial_embedding", None)
+    blocks = [m for m in model.modules() if isinstance(m, InteractionBlock)]
+    if emb is None or not blocks:
+        return []
+    if hasattr(emb, "distance_transform"):
+        raise NotImplementedError(
+            "radial='tabulated': this MACE's radial embedding depends on the species "
+            "(distance_transform), not on r alone"
+        )
+    for b in blocks:
+        if type(b).__name__ not in TABULATABLE or type(b.conv_tp) is not MaceConv:
+            raise NotImplementedError(
+                f"radial='tabulated': {type(b).__name__} reads its radial features beyond "
+                "conv_tp_weights, or its conv is not fastcg's"
+            )
+    r_max = float(model.r_max)
+    emb64 = copy.deepcopy(emb).double()
+    none = torch.zeros(0, dtype=torch.long)
+    tables = []
+    for b in blocks:
+        conv, net64 = b.conv_tp, copy.deepcopy(b.conv_tp_weights).double()
+        last = None if conv._radial_weight is None else conv._radial_weight.double()
+
+        def fn(r: Tensor, net=net64, last=last, scale=conv._radial_scale) -> Tensor:
+            feats, cutoff = emb64(r[:, None], none, none, none)
+            w = net(feats)
+            if cutoff is not None:
+                w = w * cutoff
+            return w if last is None else w @ (last * scale)
+
+        dtype = next(b.conv_tp_weights.parameters()).dtype
+        table = fnn.radial_table(fn, r_max, step, dtype)
+        conv.tabulate(table)
+        b.conv_tp_weights = torch.nn.Identity()
+        tables.append(table)
+    model.radial_embedding = EdgeLengths()
+    return tables
 
 
 class MaceTorchModel(torch.nn.Module):

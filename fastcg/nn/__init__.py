@@ -7,7 +7,7 @@ right class (:func:`fastcg.convert` uses it to swap the e3nn modules inside a mo
 
 import torch
 
-from .conv import RadialFusedConv, TensorProductConv
+from .conv import RadialFusedConv, RadialTable, TensorProductConv, radial_table
 from .fc import FullyConnectedNet
 from .gate import Activation, Gate
 from .linear import Linear
@@ -24,11 +24,13 @@ __all__ = [
     "Gate",
     "Linear",
     "RadialFusedConv",
+    "RadialTable",
     "SpeciesLinear",
     "SphericalHarmonics",
     "SymmetricContraction",
     "TensorProduct",
     "TensorProductConv",
+    "radial_table",
     "spherical_harmonics",
     "twin",
 ]

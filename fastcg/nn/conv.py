@@ -1,10 +1,12 @@
 """Fused equivariant convolution: gather, tensor product and scatter in one op."""
 
-from typing import Any, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
-from ..ops import conv_radial_tables, conv_tables
+from ..ops import conv_radial_tables, conv_tables, conv_tabulated_tables, spline_weights
 from .fc import FullyConnectedNet
 from .tensor_product import TensorProduct
 
@@ -87,6 +89,15 @@ class RadialFusedConv(TensorProductConv):
     # class defaults: from_e3nn builds instances without __init__
     _radial_weight: Optional[Tensor] = None  # noqa: UP045 (TorchScript reads this annotation)
     _radial_scale: float = 1.0
+    _radial_table: Optional[Tensor]  # noqa: UP045 (no class default: a buffer once tabulated)
+    _table_step: float = 0.0
+
+    def _setup(self, *args: Any, **kwargs: Any) -> None:
+        super()._setup(*args, **kwargs)
+        # instance attributes, typed by the class annotations: TorchScript sees only those
+        self._radial_scale, self._table_step = 1.0, 0.0
+        object.__setattr__(self, "_radial_weight", None)
+        object.__setattr__(self, "_radial_table", None)
 
     def fuse_radial(self, net: FullyConnectedNet) -> None:
         """Take over ``net``'s last layer (``net`` then returns its last hidden layer)."""
@@ -111,14 +122,85 @@ class RadialFusedConv(TensorProductConv):
             return False
         return True
 
+    def tabulate(self, table: "RadialTable") -> None:
+        """From now on read the weights from ``table`` (:func:`radial_table`): the weights
+        argument of :meth:`_forward_fused` is then the edge lengths ``[E]`` or ``[E, 1]``. An
+        approximation for MD (first derivatives only), opted into by the caller."""
+        if table.values.shape[-1] != self.weight_numel:
+            raise ValueError(
+                f"the table has {table.values.shape[-1]} weights per edge, the conv "
+                f"{self.weight_numel}"
+            )
+        # a buffer (moves with .to() / .float()) in place of _setup's plain None
+        self.__dict__.pop("_radial_table", None)
+        self.register_buffer("_radial_table", table.values, persistent=False)
+        self._table_step = table.step
+
     def _forward_fused(
         self, x: Tensor, edge_attr: Tensor, weight: Tensor, src: Tensor, dst: Tensor,
         num_nodes: int,
     ) -> Tensor:  # fmt: skip
-        # the conv with the fused last layer once fuse_radial ran, else with whole weights
+        # the conv on tabulated weights once tabulate ran (weight: the edge lengths), with the
+        # fused last layer once fuse_radial ran, else with whole weights
+        table = self._radial_table
+        if table is not None:
+            return conv_tabulated_tables(
+                x, edge_attr, weight.reshape(-1), table, self._table_step, src, dst, num_nodes,
+                self._paths, self._cg_index, self._cg_value, self._in1_dim, self._in2_dim,
+                self._out_dim, self.weight_numel,
+            )  # fmt: skip
         w = self._radial_weight
         if w is not None:
             return self.forward_radial(
                 x, edge_attr, weight, w * self._radial_scale, src, dst, num_nodes
             )
         return self._forward(x, edge_attr, weight, src, dst, num_nodes)
+
+
+class RadialTable(NamedTuple):
+    """A tabulated radial function (:func:`radial_table`): ``values [G + 1, 2, numel]`` (values
+    and step-scaled derivatives at ``r = i step``), and the largest error measured at the
+    midpoints between knots, absolute and relative to the largest ``|w|``."""
+
+    values: Tensor
+    step: float
+    max_error: float
+    max_rel_error: float
+
+
+def radial_table(
+    fn: Callable[[Tensor], Tensor], r_max: float, step: float = 0.01,
+    dtype: torch.dtype = torch.float32,
+) -> RadialTable:  # fmt: skip
+    """Tabulate ``fn: r [n] -> weights [n, numel]`` (evaluated in float64) on ``[0, r_max]`` for
+    :func:`fastcg.conv_tabulated`: cubic Hermite knots every ``step`` with ``fn``'s exact
+    derivatives (forward-mode AD), so the error is O(step^4); it is measured at the midpoints and
+    returned with the table."""
+    if not (r_max > 0 and step > 0):
+        raise ValueError(f"r_max and step must be positive, got {r_max}, {step}")
+    g = max(1, round(r_max / step))
+    step = r_max / g
+    # r = 0 is a removable singularity of the usual radial bases (sin(x) / x): knot 0 sits at
+    # 1e-6 step, where that derivative has lost only ~1e-10 to cancellation and a smooth even
+    # function has moved by ~1e-12 step^2
+    r = (torch.arange(g + 1, dtype=torch.float64) * step).clamp(min=1e-6 * step)
+    values, derivs = _value_and_derivative(fn, r)
+    table = torch.stack([values, derivs * step], 1)
+    with torch.no_grad():
+        mid = (torch.arange(g, dtype=torch.float64) + 0.5) * step
+        err = (spline_weights(mid, table, step) - fn(mid)).abs().max().item()
+        scale = values.abs().max().item()
+    return RadialTable(table.to(dtype), step, err, err / scale if scale > 0 else 0.0)
+
+
+def _value_and_derivative(fn: Callable[[Tensor], Tensor], r: Tensor) -> tuple[Tensor, Tensor]:
+    """``fn(r)`` and ``d fn(r) / dr`` row by row, by two reverse passes (a forward-mode tangent
+    as the derivative of a vector-Jacobian product: the fastcg modules' autograd.Functions have
+    double backward but no jvp)."""
+    with torch.enable_grad():
+        r = r.detach().requires_grad_()
+        w = fn(r)
+        u = torch.zeros_like(w, requires_grad=True)
+        (vjp,) = torch.autograd.grad(w, r, u, create_graph=True)
+        (d,) = torch.autograd.grad(vjp, u, torch.ones_like(vjp))
+    return w.detach(), d.detach()

@@ -1,6 +1,15 @@
 """One registered boundary per op: typed wrappers, input checks, fake kernels, autograd."""
 
-from .conv import conv, conv_radial, conv_radial_tables, conv_tables, sort_edges
+from .conv import (
+    conv,
+    conv_radial,
+    conv_radial_tables,
+    conv_tables,
+    conv_tabulated,
+    conv_tabulated_tables,
+    sort_edges,
+    spline_weights,
+)
 from .linear import linear, linear_tables
 from .scatter import scatter_sum
 from .spherical_harmonics import spherical_harmonics
@@ -17,10 +26,13 @@ __all__ = [
     "conv_radial",
     "conv_radial_tables",
     "conv_tables",
+    "conv_tabulated",
+    "conv_tabulated_tables",
     "linear",
     "linear_tables",
     "scatter_sum",
     "sort_edges",
+    "spline_weights",
     "spherical_harmonics",
     "SymmetricContractionDescriptor",
     "symmetric_contraction",

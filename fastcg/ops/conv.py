@@ -95,6 +95,59 @@ def conv_radial_tables(
     )  # fmt: skip
 
 
+def conv_tabulated_tables(
+    x: Tensor, edge_attr: Tensor, r: Tensor, table: Tensor, step: float, src: Tensor,
+    dst: Tensor, num_nodes: int, paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim1: int,
+    dim2: int, dim_out: int, weight_numel: int,
+) -> Tensor:  # fmt: skip
+    """:func:`conv_tabulated` from descriptor tables (what ``fastcg.nn`` modules call)."""
+    x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, dim1, dim2)
+    for t, name in ((r, "r"), (table, "table")):
+        check_float(t, name)
+        check_same(t, x, name, "x")
+    check_dims(r, 1, "r")
+    if r.shape[0] != edge_attr.shape[0]:
+        raise ValueError(f"r must have {edge_attr.shape[0]} entries (edges), got {list(r.shape)}")
+    if table.dim() != 3 or table.shape[0] < 2 or table.shape[1:] != (2, weight_numel):
+        raise ValueError(
+            f"table must have shape [G + 1, 2, {weight_numel}] with G >= 1, got {list(table.shape)}"
+        )
+    if not step > 0:
+        raise ValueError(f"step must be positive, got {step}")
+    r, table = r.contiguous(), table.contiguous()
+    tables = (paths, cg_index, cg_value.to(torch.float64))
+    if not torch.jit.is_scripting():
+        if x.is_cuda or namespace(False, "conv") != "fastcg":
+            # the C++ kernel is CPU-only: elsewhere the weights are formed whole
+            w = spline_weights(r, table, step)
+            return conv_tables(x, edge_attr, w, src, dst, num_nodes, *tables, dim1, dim2,
+                               dim_out, weight_numel)  # fmt: skip
+    return torch.ops.fastcg.conv_tabulated(
+        x, edge_attr, r, table, step, src, dst, num_nodes, tables[0], tables[1], tables[2],
+        dim_out,
+    )  # fmt: skip
+
+
+@torch.jit.unused
+def spline_weights(r: Tensor, table: Tensor, step: float) -> Tensor:
+    """``[E, numel]`` weights of edge lengths ``r`` from a :func:`conv_tabulated` table (the
+    kernels' formula in torch, differentiable; lengths outside the table give NaN rows on a GPU,
+    where checking them would synchronise, and an error elsewhere)."""
+    top = (table.shape[0] - 1) * step
+    inside = (r >= 0) & (r <= top * (1 + 1e-5))
+    if not r.is_cuda and not bool(inside.all()):
+        bad = int((~inside).nonzero()[0, 0])
+        raise ValueError(f"edge {bad} has length {float(r[bad])} outside the table's [0, {top}]")
+    u = r / step
+    i = u.detach().floor().clamp(0, table.shape[0] - 2).long()
+    t = (u - i)[:, None]
+    t2, t3 = t * t, t * t * t
+    f0, d0, f1, d1 = table[i, 0], table[i, 1], table[i + 1, 0], table[i + 1, 1]
+    w = (2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * d0 + (3 * t2 - 2 * t3) * f1
+    w = w + (t3 - t2) * d1
+    return torch.where(inside[:, None], w, torch.full_like(w, float("nan")))
+
+
 @torch.jit.unused
 def _other(
     ns: str, x: Tensor, edge_attr: Tensor, w: Tensor, src: Tensor, dst: Tensor, num_nodes: int,
@@ -142,6 +195,26 @@ def conv_radial(
     return conv_radial_tables(
         x, edge_attr, radial, radial_weight, src, dst, num_nodes, *tables, d.dim1, d.dim2,
         d.dim_out, d.weight_numel,
+    )  # fmt: skip
+
+
+def conv_tabulated(
+    x: Tensor, edge_attr: Tensor, r: Tensor, table: Tensor, step: float, src: Tensor,
+    dst: Tensor, num_nodes: int, descriptor: TPDescriptor,
+) -> Tensor:  # fmt: skip
+    """``conv(x, edge_attr, w(r), src, dst, num_nodes, descriptor)`` with the per-edge weights
+    ``w(r)`` read from a cubic Hermite table at the edge lengths ``r [E]``.
+
+    ``table [G + 1, 2, weight_numel]`` holds the values and the ``step``-scaled derivatives of
+    ``w`` at ``r = 0, step, ..., G step`` (:func:`fastcg.nn.radial_table` builds it). First
+    derivatives only (in ``x``, ``edge_attr`` and ``r``): an approximation for MD, never for
+    training. Lengths outside ``[0, G step]`` are an error (NaN rows on a GPU).
+    """
+    tables = tuple(t.to(x.device) for t in descriptor.tensors())
+    d = descriptor
+    return conv_tabulated_tables(
+        x, edge_attr, r, table, step, src, dst, num_nodes, *tables, d.dim1, d.dim2, d.dim_out,
+        d.weight_numel,
     )  # fmt: skip
 
 
@@ -317,5 +390,23 @@ def register_radial(ns: str) -> None:
     )
 
 
+def register_tabulated(ns: str) -> None:
+    """Fake kernels of ``{ns}::conv_tabulated`` and its backward (the autograd is C++'s)."""
+
+    @torch.library.register_fake(f"{ns}::conv_tabulated")
+    def _(x, edge_attr, r, table, step, src, dst, num_nodes, paths, cgi, cgv, dim_out):
+        fake_conv_args(f"{ns}::conv_tabulated", x, edge_attr, None, src, dst, paths, cgi, cgv,
+                       r=r, table=table)  # fmt: skip
+        return x.new_empty(num_nodes, dim_out)
+
+    @torch.library.register_fake(f"{ns}::conv_tabulated_backward")
+    def _(grad_out, x, edge_attr, r, table, step, src, dst, paths, cgi, cgv, mask):
+        fake_conv_args(f"{ns}::conv_tabulated_backward", x, edge_attr, None, src, dst, paths, cgi,
+                       cgv, r=r, table=table, grad_out=grad_out)  # fmt: skip
+        inputs = (x, edge_attr, r)
+        return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(mask, inputs))
+
+
 register("fastcg")
 register_radial("fastcg")
+register_tabulated("fastcg")
