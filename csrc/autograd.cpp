@@ -57,11 +57,10 @@ variable_list first_order(const c10::TypedOperatorHandle<Sig>& backward_op, vari
 }
 
 struct SphericalHarmonics : torch::autograd::Function<SphericalHarmonics> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& vectors, int64_t lmax,
-                        bool normalize, const std::string& normalization) {
-    static const auto op =
-        handle<Tensor(const Tensor&, int64_t, bool, const std::string&)>(
-            "fastcg::spherical_harmonics");
+  static Tensor forward(AutogradContext* ctx, const Tensor& vectors, int64_t lmax, bool normalize,
+                        const std::string& normalization) {
+    static const auto op = handle<Tensor(const Tensor&, int64_t, bool, const std::string&)>(
+        "fastcg::spherical_harmonics");
     ctx->save_for_backward({vectors});
     ctx->saved_data["lmax"] = lmax;
     ctx->saved_data["normalize"] = normalize;
@@ -100,8 +99,8 @@ struct TensorProduct : torch::autograd::Function<TensorProduct> {
     const auto s = ctx->get_saved_variables();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2)};
-    const auto [g1, g2, gw] = op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5],
-                                      mask);
+    const auto [g1, g2, gw] =
+        op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], mask);
     return first_order(op, {masked(g1, mask[0]), masked(g2, mask[1]), masked(gw, mask[2])}, 7);
   }
 };
@@ -150,8 +149,8 @@ struct ConvRadial : torch::autograd::Function<ConvRadial> {
                         const Tensor& dst, c10::SymInt num_nodes, const Tensor& paths,
                         const Tensor& cg_index, const Tensor& cg_value, int64_t dim_out) {
     static const auto op = handle<ConvRadialSig>("fastcg::conv_radial");
-    ctx->save_for_backward({x, edge_attr, radial, radial_weight, src, dst, paths, cg_index,
-                            cg_value});
+    ctx->save_for_backward(
+        {x, edge_attr, radial, radial_weight, src, dst, paths, cg_index, cg_value});
     return below_autograd(op, x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths,
                           cg_index, cg_value, dim_out);
   }
@@ -161,22 +160,21 @@ struct ConvRadial : torch::autograd::Function<ConvRadial> {
     const auto s = ctx->get_saved_variables();
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2), ctx->needs_input_grad(3)};
-    const auto [gx, gy, gh, gw] = op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4],
-                                          s[5], s[6], s[7], s[8], mask);
-    return first_order(op,
-                       {masked(gx, mask[0]), masked(gy, mask[1]), masked(gh, mask[2]),
-                        masked(gw, mask[3])},
-                       11);
+    const auto [gx, gy, gh, gw] =
+        op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], mask);
+    return first_order(
+        op, {masked(gx, mask[0]), masked(gy, mask[1]), masked(gh, mask[2]), masked(gw, mask[3])},
+        11);
   }
 };
 
-using ConvTabulatedSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                double, const Tensor&, const Tensor&, c10::SymInt, const Tensor&,
+using ConvTabulatedSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+                                const Tensor&, const Tensor&, c10::SymInt, const Tensor&,
                                 const Tensor&, const Tensor&, int64_t);
-using ConvTabulatedBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&,
-                                         const Tensor&, const Tensor&, double, const Tensor&,
+using ConvTabulatedBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                         const Tensor&, double, const Tensor&, const Tensor&,
                                          const Tensor&, const Tensor&, const Tensor&,
-                                         const Tensor&, std::array<bool, 3>);
+                                         std::array<bool, 3>);
 
 // First derivatives only, with or without the Python package: a tabulated radial serves MD
 // (forces, stress); training on forces differentiates the exact radial MLP instead.
@@ -188,8 +186,8 @@ struct ConvTabulated : torch::autograd::Function<ConvTabulated> {
     static const auto op = handle<ConvTabulatedSig>("fastcg::conv_tabulated");
     ctx->save_for_backward({x, edge_attr, r, table, src, dst, paths, cg_index, cg_value});
     ctx->saved_data["step"] = step;
-    return below_autograd(op, x, edge_attr, r, table, step, src, dst, num_nodes, paths,
-                          cg_index, cg_value, dim_out);
+    return below_autograd(op, x, edge_attr, r, table, step, src, dst, num_nodes, paths, cg_index,
+                          cg_value, dim_out);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -197,9 +195,9 @@ struct ConvTabulated : torch::autograd::Function<ConvTabulated> {
     const auto s = ctx->get_saved_variables();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2)};
-    const auto [gx, gy, gr] = op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3],
-                                      ctx->saved_data["step"].toDouble(), s[4], s[5], s[6], s[7],
-                                      s[8], mask);
+    const auto [gx, gy, gr] =
+        op.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], ctx->saved_data["step"].toDouble(),
+                s[4], s[5], s[6], s[7], s[8], mask);
     variable_list out = {masked(gx, mask[0]), masked(gy, mask[1]), masked(gr, mask[2])};
     if (at::GradMode::is_enabled()) {
       // as torch.autograd.function.once_differentiable: the error node needs inputs that
@@ -235,8 +233,8 @@ struct ScatterSum : torch::autograd::Function<ScatterSum> {
 };
 
 using Species = std::optional<Tensor>;
-using LinearSig = Tensor(const Tensor&, const Tensor&, const Species&, const Tensor&,
-                         const Tensor&, int64_t);
+using LinearSig = Tensor(const Tensor&, const Tensor&, const Species&, const Tensor&, const Tensor&,
+                         int64_t);
 using LinearBackwardSig = Tensor2(const Tensor&, const Tensor&, const Tensor&, const Species&,
                                   const Tensor&, const Tensor&, std::array<bool, 2>);
 

@@ -64,10 +64,14 @@ void check_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial
                   const Tensor& paths, const Tensor& cg_index, const Tensor& cg_value) {
   TORCH_CHECK(x.device().is_cpu() || x.device().is_cuda(),
               "conv_radial: x must be a CPU or CUDA tensor, got one on ", x.device());
-  const std::pair<const Tensor*, const char*> args[] = {
-      {&edge_attr, "edge_attr"}, {&radial, "radial"}, {&radial_weight, "radial_weight"},
-      {&src, "src"},             {&dst, "dst"},       {&paths, "paths"},
-      {&cg_index, "cg_index"},   {&cg_value, "cg_value"}};
+  const std::pair<const Tensor*, const char*> args[] = {{&edge_attr, "edge_attr"},
+                                                        {&radial, "radial"},
+                                                        {&radial_weight, "radial_weight"},
+                                                        {&src, "src"},
+                                                        {&dst, "dst"},
+                                                        {&paths, "paths"},
+                                                        {&cg_index, "cg_index"},
+                                                        {&cg_value, "cg_value"}};
   for (const auto& [t, name] : args)
     TORCH_CHECK(t->device() == x.device(), "conv_radial: ", name, " is on ", t->device(),
                 " but x is on ", x.device());
@@ -82,8 +86,7 @@ void check_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial
               "conv_radial: radial_weight has dtype ", radial_weight.scalar_type(), " but x has ",
               x.scalar_type());
   for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&src, "src"}, {&dst, "dst"}})
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == edge_attr.size(0) &&
-                    t->scalar_type() == at::kLong,
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == edge_attr.size(0) && t->scalar_type() == at::kLong,
                 "conv_radial: ", name, " must be int64 [num_edges]");
 }
 
@@ -108,8 +111,7 @@ Chunks plan(const Tensor& edge_attr, const Tensor& radial, const Tensor& src, co
   TORCH_CHECK(num_nodes >= 0, "conv_radial: num_nodes must be >= 0");
   Chunks c = sorted_edges(edge_attr, radial, src, dst);
   const int64_t E = dst.size(0);
-  if (E > 0)
-    TORCH_CHECK(c.dst.min().item<int64_t>() >= 0, "conv_radial: dst has negative entries");
+  if (E > 0) TORCH_CHECK(c.dst.min().item<int64_t>() >= 0, "conv_radial: dst has negative entries");
   const Tensor counts = at::bincount(c.dst, {}, num_nodes).cpu();
   // bincount grows past num_nodes exactly when some dst is out of range
   TORCH_CHECK(counts.size(0) == num_nodes, "conv_radial: dst >= num_nodes");
@@ -173,9 +175,9 @@ Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radia
     const int64_t n0 = c.node_cut[k], n1 = c.node_cut[k + 1];
     const int64_t e0 = c.edge_cut[k], e1 = c.edge_cut[k + 1];
     const Tensor w = c.weights(e0, e1, radial_weight, buf);
-    rows(out, n0, n1).copy_(op.call(x, rows(c.edge_attr, e0, e1), w, rows(c.src, e0, e1),
-                                    rows(c.dst, e0, e1) - n0, n1 - n0, paths, cg_index,
-                                    cg_value, dim_out));
+    rows(out, n0, n1)
+        .copy_(op.call(x, rows(c.edge_attr, e0, e1), w, rows(c.src, e0, e1),
+                       rows(c.dst, e0, e1) - n0, n1 - n0, paths, cg_index, cg_value, dim_out));
   }
   return out;
 }
@@ -193,8 +195,8 @@ Tensor4 conv_radial_backward(const Tensor& grad_out, const Tensor& x, const Tens
     check_graph_cpu(src, dst, x.size(0), grad_out.size(0));
     const Chunks c = sorted_edges(edge_attr, radial, src, dst);
     auto [gx, gy, gh, gW] = fastcg::conv_weighted_backward_cpu(
-        grad_out.contiguous(), x, c.edge_attr, {false, c.radial, radial_weight.contiguous()},
-        c.src, c.dst, paths, cg_index, cg_value, mask);
+        grad_out.contiguous(), x, c.edge_attr, {false, c.radial, radial_weight.contiguous()}, c.src,
+        c.dst, paths, cg_index, cg_value, mask);
     return {gx, mask[1] ? unpermute(gy, c.perm) : gy, mask[2] ? unpermute(gh, c.perm) : gh, gW};
   }
   const Chunks c = plan(edge_attr, radial, src, dst, grad_out.size(0), radial_weight.size(1));
@@ -232,10 +234,13 @@ Tensor4 conv_radial_backward(const Tensor& grad_out, const Tensor& x, const Tens
 // conv_tabulated: the conv with per-edge weights read from a cubic Hermite table of the radial
 // function at the edge lengths r (an opt-in approximation for MD, fastcg.nn.RadialFusedConv.
 // tabulate). CPU only; the backward gives grad r (first derivatives only).
-void check_tabulated(const Tensor& x, const Tensor& edge_attr, const Tensor& r,
-                     const Tensor& table, double step, const Tensor& src, const Tensor& dst) {
-  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&x, "x"}, {&r, "r"},
-                                {&edge_attr, "edge_attr"}, {&table, "table"}, {&src, "src"},
+void check_tabulated(const Tensor& x, const Tensor& edge_attr, const Tensor& r, const Tensor& table,
+                     double step, const Tensor& src, const Tensor& dst) {
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&x, "x"},
+                                {&r, "r"},
+                                {&edge_attr, "edge_attr"},
+                                {&table, "table"},
+                                {&src, "src"},
                                 {&dst, "dst"}})
     TORCH_CHECK(t->device().is_cpu(), "conv_tabulated: ", name, " must be a CPU tensor");
   TORCH_CHECK(edge_attr.dim() == 2, "conv_tabulated: edge_attr must be 2-D [num_edges, dim2]");
@@ -246,11 +251,9 @@ void check_tabulated(const Tensor& x, const Tensor& edge_attr, const Tensor& r,
   for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&r, "r"}, {&table, "table"}})
     TORCH_CHECK(t->scalar_type() == x.scalar_type(), "conv_tabulated: ", name, " has dtype ",
                 t->scalar_type(), " but x has ", x.scalar_type());
-  TORCH_CHECK(std::isfinite(step) && step > 0, "conv_tabulated: step must be positive, got ",
-              step);
+  TORCH_CHECK(std::isfinite(step) && step > 0, "conv_tabulated: step must be positive, got ", step);
   for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&src, "src"}, {&dst, "dst"}})
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == edge_attr.size(0) &&
-                    t->scalar_type() == at::kLong,
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == edge_attr.size(0) && t->scalar_type() == at::kLong,
                 "conv_tabulated: ", name, " must be int64 [num_edges]");
 }
 

@@ -17,14 +17,15 @@ TORCH_LIBRARY(fastcg, m) {
   // graph serves every number of atoms. Backend kernels take them as int64_t; the autograd
   // kernels (csrc/autograd.cpp) keep them symbolic.
   // normalization: "component" | "norm" | "integral" (e3nn's names)
-  m.def("spherical_harmonics(Tensor vectors, int lmax, bool normalize, str normalization) -> Tensor");
+  m.def(
+      "spherical_harmonics(Tensor vectors, int lmax, bool normalize, str normalization) -> Tensor");
   m.def(
       "spherical_harmonics_backward(Tensor grad_sh, Tensor vectors, int lmax, bool normalize, "
       "str normalization) -> Tensor");
   // (grad of grad_sh, grad of vectors) given the cotangent of spherical_harmonics_backward's output
   m.def(
-      "spherical_harmonics_double_backward(Tensor grad_grad_vectors, Tensor grad_sh, Tensor vectors, "
-      "int lmax, bool normalize, str normalization) -> (Tensor, Tensor)");
+      "spherical_harmonics_double_backward(Tensor grad_grad_vectors, Tensor grad_sh, "
+      "Tensor vectors, int lmax, bool normalize, str normalization) -> (Tensor, Tensor)");
 
   // Descriptor tensors (see fastcg/descriptor.py): paths int64 [P, 13], cg_index int64 [NNZ, 3],
   // cg_value float64 [NNZ] (CG entry times the path's normalisation constant).
@@ -32,8 +33,9 @@ TORCH_LIBRARY(fastcg, m) {
       "tensor_product(Tensor x1, Tensor x2, Tensor weights, Tensor paths, Tensor cg_index, "
       "Tensor cg_value, int dim_out) -> Tensor");
   m.def(
-      "tensor_product_backward(Tensor grad_out, Tensor x1, Tensor x2, Tensor weights, Tensor paths, "
-      "Tensor cg_index, Tensor cg_value, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+      "tensor_product_backward(Tensor grad_out, Tensor x1, Tensor x2, Tensor weights, "
+      "Tensor paths, Tensor cg_index, Tensor cg_value, bool[3] output_mask) -> "
+      "(Tensor, Tensor, Tensor)");
 
   m.def(
       "conv(Tensor x, Tensor edge_attr, Tensor weights, Tensor src, Tensor dst, SymInt num_nodes, "

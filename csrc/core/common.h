@@ -16,8 +16,20 @@ enum Mode : int64_t { UVW = 0, UVU = 1, UUU = 2, UVV = 3, UUW = 4 };
 
 // Columns of the int64 path table (fastcg/descriptor.py PATH_COLUMNS).
 enum PathCol : int64_t {
-  P_MODE = 0, P_L1, P_L2, P_L3, P_MUL1, P_MUL2, P_MULO,
-  P_OFF1, P_OFF2, P_OFFO, P_WOFF, P_CG_BEGIN, P_CG_END, P_NCOLS
+  P_MODE = 0,
+  P_L1,
+  P_L2,
+  P_L3,
+  P_MUL1,
+  P_MUL2,
+  P_MULO,
+  P_OFF1,
+  P_OFF2,
+  P_OFFO,
+  P_WOFF,
+  P_CG_BEGIN,
+  P_CG_END,
+  P_NCOLS
 };
 
 // Columns of the int64 linear path table.

@@ -8,8 +8,8 @@ namespace fastcg {
 
 // out[j] of one row x: sum over the paths writing feature j.
 template <typename T>
-FASTCG_HD T linear_out_element(const int64_t* paths, const double* coeff, int64_t P,
-                               const T* x, const T* w, int64_t j) {
+FASTCG_HD T linear_out_element(const int64_t* paths, const double* coeff, int64_t P, const T* x,
+                               const T* w, int64_t j) {
   T acc = T(0);
   for (int64_t q = 0; q < P; ++q) {
     const int64_t* p = paths + q * L_NCOLS;
@@ -27,8 +27,8 @@ FASTCG_HD T linear_out_element(const int64_t* paths, const double* coeff, int64_
 
 // grad_x[j] of one row given its output cotangent g: sum over the paths reading feature j.
 template <typename T>
-FASTCG_HD T linear_grad_in_element(const int64_t* paths, const double* coeff, int64_t P,
-                                   const T* g, const T* w, int64_t j) {
+FASTCG_HD T linear_grad_in_element(const int64_t* paths, const double* coeff, int64_t P, const T* g,
+                                   const T* w, int64_t j) {
   T acc = T(0);
   for (int64_t q = 0; q < P; ++q) {
     const int64_t* p = paths + q * L_NCOLS;
@@ -67,8 +67,8 @@ FASTCG_HD T linear_grad_weight_element(const int64_t* paths, const double* coeff
 // (any int64 entries: block_fits and product_fits cannot overflow).
 FASTCG_HD bool linear_path_fits(const int64_t* p, int64_t din, int64_t dout, int64_t wn) {
   const int64_t mi = p[L_MUL_IN], mo = p[L_MUL_OUT], d = p[L_IR_DIM], wo = p[L_WOFF];
-  return block_fits(p[L_OFF_IN], mi, d, din) && block_fits(p[L_OFF_OUT], mo, d, dout) &&
-         wo >= 0 && wo <= wn && product_fits(mi, mo, 1, wn - wo);
+  return block_fits(p[L_OFF_IN], mi, d, din) && block_fits(p[L_OFF_OUT], mo, d, dout) && wo >= 0 &&
+         wo <= wn && product_fits(mi, mo, 1, wn - wo);
 }
 
 }  // namespace fastcg

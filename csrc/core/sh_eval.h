@@ -110,8 +110,7 @@ FASTCG_HD void sh_double_backward(const T* gg, const T* g, const T* r, int n, bo
         for (int k = 0; k < 3; ++k) v[k][t] += gs * p[k * W + t];
         hv[0][t] += gs * (h[t] * d[0][t] + h[W + t] * d[1][t] + h[2 * W + t] * d[2][t]);
         hv[1][t] += gs * (h[W + t] * d[0][t] + h[3 * W + t] * d[1][t] + h[4 * W + t] * d[2][t]);
-        hv[2][t] +=
-            gs * (h[2 * W + t] * d[0][t] + h[4 * W + t] * d[1][t] + h[5 * W + t] * d[2][t]);
+        hv[2][t] += gs * (h[2 * W + t] * d[0][t] + h[4 * W + t] * d[1][t] + h[5 * W + t] * d[2][t]);
       }
     }
   }

@@ -150,9 +150,9 @@ FASTCG_HD void sc_monomials_backward(const int64_t* mono, int64_t M, const T* __
 template <typename T, int W>
 FASTCG_HD void sc_monomials_tangent_backward(const int64_t* mono, int64_t M,
                                              const T* __restrict__ x, const T* __restrict__ t,
-                                             const T* __restrict__ val,
-                                             const T* __restrict__ dot, T* __restrict__ a,
-                                             T* __restrict__ ad, T* __restrict__ dx) {
+                                             const T* __restrict__ val, const T* __restrict__ dot,
+                                             T* __restrict__ a, T* __restrict__ ad,
+                                             T* __restrict__ dx) {
   for (int64_t n = M - 1; n >= 0; --n) {
     const int64_t q = mono[2 * n + SC_PARENT], v = mono[2 * n + SC_VAR];
     const T* an = a + n * W;

@@ -32,20 +32,20 @@ constexpr int64_t kMaxPathL = 1024;
 // kernels' messages (cpu/utils.h check_paths) read this one function, so they cannot disagree.
 enum PathFault : int {
   PATH_OK = 0,
-  PATH_MODE,       // unknown connection mode
-  PATH_L,          // l1, l2 or l3 outside [0, kMaxPathL]
-  PATH_X1,         // the x1 block (off1, mul1, 2 l1 + 1) leaves x1's features
-  PATH_X2,         // the x2 block leaves x2's features
-  PATH_OUT,        // the output block leaves dim_out
-  PATH_MULS,       // multiplicities do not fit the mode (uvu: mul_out == mul1, ...)
-  PATH_NO_WEIGHTS, // a uvw path without weights (w_off < 0): its kernel always reads them
-  PATH_WEIGHTS,    // the weight slice [w_off, w_off + numel) leaves the weights
-  PATH_CG_ROWS,    // CG rows [begin, end) outside [0, nnz) or begin > end
-  PATH_CG_INDEX,   // a CG row's (i, j, k) outside the irreps' dimensions
+  PATH_MODE,        // unknown connection mode
+  PATH_L,           // l1, l2 or l3 outside [0, kMaxPathL]
+  PATH_X1,          // the x1 block (off1, mul1, 2 l1 + 1) leaves x1's features
+  PATH_X2,          // the x2 block leaves x2's features
+  PATH_OUT,         // the output block leaves dim_out
+  PATH_MULS,        // multiplicities do not fit the mode (uvu: mul_out == mul1, ...)
+  PATH_NO_WEIGHTS,  // a uvw path without weights (w_off < 0): its kernel always reads them
+  PATH_WEIGHTS,     // the weight slice [w_off, w_off + numel) leaves the weights
+  PATH_CG_ROWS,     // CG rows [begin, end) outside [0, nnz) or begin > end
+  PATH_CG_INDEX,    // a CG row's (i, j, k) outside the irreps' dimensions
 };
 
-FASTCG_HD int path_fault(const int64_t* p, const int64_t* ci, int64_t nnz, int64_t d1,
-                         int64_t d2, int64_t dout, int64_t wn) {
+FASTCG_HD int path_fault(const int64_t* p, const int64_t* ci, int64_t nnz, int64_t d1, int64_t d2,
+                         int64_t dout, int64_t wn) {
   const int64_t mode = p[P_MODE], l1 = p[P_L1], l2 = p[P_L2], l3 = p[P_L3];
   const int64_t m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
   if (mode < UVW || mode > UUW) return PATH_MODE;

@@ -28,8 +28,8 @@ struct ConvArgs {
 
 ConvArgs check_conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
                     const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
-                    const at::Tensor& paths, const at::Tensor& cg_index,
-                    const at::Tensor& cg_value, int64_t dim_out) {
+                    const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                    int64_t dim_out) {
   check_features(x, "x");
   check_like(y, x, "edge_attr");
   TORCH_CHECK(y.dim() == 2, "edge_attr must be 2-D [E, dim2], got shape ", y.sizes());
@@ -144,11 +144,10 @@ struct BackwardChunk {
       if (gye) std::fill(gye, gye + c.d2, T(0));
       if (gwe && !c.shared) std::fill(gwe, gwe + c.wn, T(0));
       if (!pl.fast.empty())
-        fast_backward(pl, ci, cv, aT + s[e] * pl.in_size, gT, b + e * c.d2, we, gae, gye, gwe,
-                      sc);
+        fast_backward(pl, ci, cv, aT + s[e] * pl.in_size, gT, b + e * c.d2, we, gae, gye, gwe, sc);
       for (int64_t q : pl.generic)
-        tp_path_backward<T>(p + q * P_NCOLS, ci, cv, gp + n * dout, a + s[e] * c.d1,
-                            b + e * c.d2, we, gae ? gae + pl.in_size : nullptr, gye, gwe);
+        tp_path_backward<T>(p + q * P_NCOLS, ci, cv, gp + n * dout, a + s[e] * c.d1, b + e * c.d2,
+                            we, gae ? gae + pl.in_size : nullptr, gye, gwe);
     }
   }
 };
@@ -190,12 +189,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
     const auto aT = rows_to_ir_mul(a, c.N, c.d1, pl.in, pl.in_size);
     std::vector<scalar_t> rows(rw * max_chunk);
     std::vector<scalar_t> gaT(mask[0] ? c.N * pl.in_size : 0);
-    const BackwardChunk<scalar_t> k{
-        c, pl, paths.data_ptr<int64_t>(), cg_index.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
-        off.data(), order.data(), cg_value.data_ptr<double>(), a, aT.data(),
-        y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-        mask[1] ? gy.data_ptr<scalar_t>() : nullptr, mask[2] ? gw.data_ptr<scalar_t>() : nullptr,
-        nullptr, dout, rw};
+    const BackwardChunk<scalar_t> k{c,
+                                    pl,
+                                    paths.data_ptr<int64_t>(),
+                                    cg_index.data_ptr<int64_t>(),
+                                    src.data_ptr<int64_t>(),
+                                    off.data(),
+                                    order.data(),
+                                    cg_value.data_ptr<double>(),
+                                    a,
+                                    aT.data(),
+                                    y.data_ptr<scalar_t>(),
+                                    w.data_ptr<scalar_t>(),
+                                    g.data_ptr<scalar_t>(),
+                                    mask[1] ? gy.data_ptr<scalar_t>() : nullptr,
+                                    mask[2] ? gw.data_ptr<scalar_t>() : nullptr,
+                                    nullptr,
+                                    dout,
+                                    rw};
     for (size_t q = 0; q + 1 < chunks.size(); ++q) {
       const int64_t n0 = chunks[q], n1 = chunks[q + 1];
       const auto nodes = [&](int64_t r0, int64_t r1, scalar_t* acc) {
@@ -244,8 +255,8 @@ at::Tensor colmajor(const T* p, int64_t rows, int64_t cols, int64_t ld) {
 
 // Column-major C [m, n] = op(A) op(B) + beta C, beta 0 or 1 (BLAS's conventions).
 template <typename T>
-void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc) {
   const int im = int(m), in = int(n), ik = int(k), ilda = int(lda), ildb = int(ldb),
             ildc = int(ldc);
   const T one = 1;
@@ -289,22 +300,21 @@ FASTCG_HDI T spline_grad_impl(const T* tab, int64_t G, T step, int64_t wn, T r, 
   int64_t k = 0;
   for (; k + L <= wn; k += L)
     for (int j = 0; j < L; ++j)
-      acc[j] += gw[k + j] *
-                (p00 * (f0[k + j] - f1[k + j]) + p10 * d0[k + j] + p11 * d1[k + j]);
+      acc[j] += gw[k + j] * (p00 * (f0[k + j] - f1[k + j]) + p10 * d0[k + j] + p11 * d1[k + j]);
   T sum = 0;
   for (; k < wn; ++k) sum += gw[k] * (p00 * (f0[k] - f1[k]) + p10 * d0[k] + p11 * d1[k]);
   for (int j = 0; j < L; ++j) sum += acc[j];
   return sum / step;
 }
 
-#define FASTCG_SPLINE_FOR(T)                                                                    \
-  [[maybe_unused]] FASTCG_CLONES static void spline_row(const T* tab, int64_t G, T step,        \
-                                                        int64_t wn, T r, T* w) {                \
-    spline_row_impl<T>(tab, G, step, wn, r, w);                                                 \
-  }                                                                                             \
-  [[maybe_unused]] FASTCG_CLONES static T spline_grad(const T* tab, int64_t G, T step,          \
-                                                      int64_t wn, T r, const T* gw) {           \
-    return spline_grad_impl<T>(tab, G, step, wn, r, gw);                                        \
+#define FASTCG_SPLINE_FOR(T)                                                                       \
+  [[maybe_unused]] FASTCG_CLONES static void spline_row(const T* tab, int64_t G, T step,           \
+                                                        int64_t wn, T r, T* w) {                   \
+    spline_row_impl<T>(tab, G, step, wn, r, w);                                                    \
+  }                                                                                                \
+  [[maybe_unused]] FASTCG_CLONES static T spline_grad(const T* tab, int64_t G, T step, int64_t wn, \
+                                                      T r, const T* gw) {                          \
+    return spline_grad_impl<T>(tab, G, step, wn, r, gw);                                           \
   }
 FASTCG_SPLINE_FOR(float)
 FASTCG_SPLINE_FOR(double)
@@ -331,9 +341,8 @@ struct Weights {
   T step;
 
   Weights(const WeightSource& src)
-      : s(src), a(src.a.data_ptr<T>()), b(src.b.data_ptr<T>()),
-        K(src.table ? 1 : src.a.size(1)), wn(src.numel()), G(src.table ? src.b.size(0) - 1 : 0),
-        step(T(src.step)) {}
+      : s(src), a(src.a.data_ptr<T>()), b(src.b.data_ptr<T>()), K(src.table ? 1 : src.a.size(1)),
+        wn(src.numel()), G(src.table ? src.b.size(0) - 1 : 0), step(T(src.step)) {}
 
   // w [e1 - e0, wn] = the weights of edges [e0, e1)
   void make(int64_t e0, int64_t e1, T* w) const {
@@ -495,8 +504,8 @@ at::Tensor conv_weighted_cpu(const at::Tensor& x, const at::Tensor& y, const Wei
               fast_forward(pl, ci, cv, aT.data() + s[e] * pl.in_size, b + e * c.d2, we,
                            sc.accT.data(), sc);
             for (int64_t q : pl.generic)
-              tp_path_forward<scalar_t>(p + q * P_NCOLS, ci, cv, a + s[e] * c.d1, b + e * c.d2,
-                                        we, o + v * dim_out);
+              tp_path_forward<scalar_t>(p + q * P_NCOLS, ci, cv, a + s[e] * c.d1, b + e * c.d2, we,
+                                        o + v * dim_out);
           }
           add_from_ir_mul(sc.accT.data(), pl.out, o + v * dim_out);
         }
@@ -547,11 +556,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_weighted_backwar
     std::vector<scalar_t> gaT(mask[0] ? c.N * pl.in_size : 0);
     ThreadBlocks<scalar_t> tb(block * c.wn, want_gw);
     scalar_t* gap = mask[2] ? ga.data_ptr<scalar_t>() : nullptr;
-    const BackwardChunk<scalar_t> k{
-        c, pl, paths.data_ptr<int64_t>(), cg_index.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
-        off.data(), order.data(), cg_value.data_ptr<double>(), a, aT.data(),
-        y.data_ptr<scalar_t>(), nullptr, g.data_ptr<scalar_t>(),
-        mask[1] ? gy.data_ptr<scalar_t>() : nullptr, nullptr, nullptr, dout, rw};
+    const BackwardChunk<scalar_t> k{c,
+                                    pl,
+                                    paths.data_ptr<int64_t>(),
+                                    cg_index.data_ptr<int64_t>(),
+                                    src.data_ptr<int64_t>(),
+                                    off.data(),
+                                    order.data(),
+                                    cg_value.data_ptr<double>(),
+                                    a,
+                                    aT.data(),
+                                    y.data_ptr<scalar_t>(),
+                                    nullptr,
+                                    g.data_ptr<scalar_t>(),
+                                    mask[1] ? gy.data_ptr<scalar_t>() : nullptr,
+                                    nullptr,
+                                    nullptr,
+                                    dout,
+                                    rw};
     for (size_t q = 0; q + 1 < chunks.size(); ++q) {
       const int64_t n0 = chunks[q], n1 = chunks[q + 1];
       const auto nodes = [&](int64_t r0, int64_t r1, scalar_t* acc) {
@@ -573,8 +595,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_weighted_backwar
         }
       };
       const int64_t width = mask[3] ? ws.b.numel() : 0;
-      for_row_blocks<scalar_t>(n1 - n0, width, mask[3] ? gb.data_ptr<scalar_t>() : nullptr,
-                               nodes);
+      for_row_blocks<scalar_t>(n1 - n0, width, mask[3] ? gb.data_ptr<scalar_t>() : nullptr, nodes);
       if (rw) add_to_sources(k, rows.data(), off[n0], off[n1], gaT.data(), gx.data_ptr<scalar_t>());
     }
     if (mask[0] && pl.in_size) {

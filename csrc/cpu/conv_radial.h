@@ -11,9 +11,9 @@
 namespace fastcg {
 
 struct WeightSource {
-  bool table;     // false: weights = a @ b, a = radial [E, K], b = radial_weight [K, numel]
-                  // true: a = edge lengths r [E], b = table [G + 1, 2, numel] of values and
-                  // step-scaled derivatives at r = i * step, weights(r) its cubic Hermite
+  bool table;  // false: weights = a @ b, a = radial [E, K], b = radial_weight [K, numel]
+               // true: a = edge lengths r [E], b = table [G + 1, 2, numel] of values and
+               // step-scaled derivatives at r = i * step, weights(r) its cubic Hermite
   at::Tensor a, b;
   double step = 0;
   int64_t numel() const { return b.size(-1); }
@@ -26,9 +26,8 @@ void check_table_lengths(const at::Tensor& r, int64_t knots, double step);
 // [num_nodes, dim_out]
 at::Tensor conv_weighted_cpu(const at::Tensor& x, const at::Tensor& edge_attr,
                              const WeightSource& w, const at::Tensor& src, const at::Tensor& dst,
-                             int64_t num_nodes, const at::Tensor& paths,
-                             const at::Tensor& cg_index, const at::Tensor& cg_value,
-                             int64_t dim_out);
+                             int64_t num_nodes, const at::Tensor& paths, const at::Tensor& cg_index,
+                             const at::Tensor& cg_value, int64_t dim_out);
 
 // (grad x, grad edge_attr, grad a, grad b); mask as those four; grad b only for a matmul source.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_weighted_backward_cpu(

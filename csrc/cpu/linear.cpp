@@ -26,8 +26,8 @@ std::vector<LinPath> lin_paths(const at::Tensor& paths, const at::Tensor& coeff,
                   paths.is_contiguous(),
               "linear paths must be contiguous int64 [P, 6], got ", paths.dtype(), " ",
               paths.sizes());
-  TORCH_CHECK(coeff.dtype() == at::kDouble && coeff.dim() == 1 &&
-                  coeff.size(0) == paths.size(0) && coeff.is_contiguous(),
+  TORCH_CHECK(coeff.dtype() == at::kDouble && coeff.dim() == 1 && coeff.size(0) == paths.size(0) &&
+                  coeff.is_contiguous(),
               "path_coeff must be contiguous float64 [P] (P = ", paths.size(0), "), got ",
               coeff.dtype(), " ", coeff.sizes());
   TORCH_CHECK(dim_out >= 0, "dim_out must be >= 0, got ", dim_out);
@@ -39,8 +39,8 @@ std::vector<LinPath> lin_paths(const at::Tensor& paths, const at::Tensor& coeff,
     TORCH_CHECK(linear_path_fits(p, dim_in, dim_out, wn), "linear paths row ", q,
                 " does not fit the tensors (x has ", dim_in, " features, the output ", dim_out,
                 ", the weights ", wn, " per row)");
-    out.push_back({p[L_MUL_IN], p[L_MUL_OUT], p[L_IR_DIM], p[L_OFF_IN], p[L_OFF_OUT], p[L_WOFF],
-                   c[q]});
+    out.push_back(
+        {p[L_MUL_IN], p[L_MUL_OUT], p[L_IR_DIM], p[L_OFF_IN], p[L_OFF_OUT], p[L_WOFF], c[q]});
   }
   return out;
 }
@@ -138,8 +138,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weights,
 std::tuple<at::Tensor, at::Tensor> linear_backward(const at::Tensor& g, const at::Tensor& x,
                                                    const at::Tensor& weights,
                                                    const c10::optional<at::Tensor>& species,
-                                                   const at::Tensor& paths,
-                                                   const at::Tensor& coeff,
+                                                   const at::Tensor& paths, const at::Tensor& coeff,
                                                    std::array<bool, 2> mask) {
   check_linear(x, weights, species);
   check_like(g, x, "grad_out");

@@ -94,7 +94,9 @@ inline void transpose(Vec<float>* r) {
   }
   for (int k = 0; k < 2; ++k)  // quadruples of rows
     for (int h = 0; h < 2; ++h) {
-      const Vec<float> &a = t[4 * k + h], &b = t[4 * k + 2 + h];
+      // clang-format off (23.1 writes `Vec<float>&a` for this two-reference declaration)
+      const Vec<float>&a = t[4 * k + h], &b = t[4 * k + 2 + h];
+      // clang-format on
       u[4 * k + 2 * h] = FASTCG_SHUFFLE(I, a, b, 0, 1, 8, 9, 4, 5, 12, 13);
       u[4 * k + 2 * h + 1] = FASTCG_SHUFFLE(I, a, b, 2, 3, 10, 11, 6, 7, 14, 15);
     }
@@ -321,19 +323,18 @@ using DblFn = void (*)(const ShCall&, const T*, const T*, const T*, T*, T*, int6
 // Plain functions per (lmax, dtype) so the AVX2 + FMA clones apply (see cpu/utils.h). flatten:
 // a clone only runs AVX2 code in what is inlined into it, and the tile bodies are too big for
 // the inliner's own choice (without it the clone called SSE2 copies: 0.79 vs 0.41 ms forward).
-#define FASTCG_SH_ENTRIES(L, T, S)                                                               \
-  [[gnu::flatten]] FASTCG_CLONES void fwd_##S##L(const ShCall& c, const T* r, T* o, int64_t a, \
-                                                 int64_t b) {                                    \
-    forward_tiles<L, T>(c, r, o, a, b);                                                          \
-  }                                                                                              \
-  [[gnu::flatten]] FASTCG_CLONES void bwd_##S##L(const ShCall& c, const T* g, const T* r, T* o, \
-                                                 int64_t a, int64_t b) {                         \
-    backward_tiles<L, T>(c, g, r, o, a, b);                                                      \
-  }                                                                                              \
-  [[gnu::flatten]] FASTCG_CLONES void dbl_##S##L(const ShCall& c, const T* q, const T* g,       \
-                                                 const T* r, T* os, T* ov, int64_t a,            \
-                                                 int64_t b) {                                    \
-    double_tiles<L, T>(c, q, g, r, os, ov, a, b);                                                \
+#define FASTCG_SH_ENTRIES(L, T, S)                                                                 \
+  [[gnu::flatten]] FASTCG_CLONES void fwd_##S##L(const ShCall& c, const T* r, T* o, int64_t a,     \
+                                                 int64_t b) {                                      \
+    forward_tiles<L, T>(c, r, o, a, b);                                                            \
+  }                                                                                                \
+  [[gnu::flatten]] FASTCG_CLONES void bwd_##S##L(const ShCall& c, const T* g, const T* r, T* o,    \
+                                                 int64_t a, int64_t b) {                           \
+    backward_tiles<L, T>(c, g, r, o, a, b);                                                        \
+  }                                                                                                \
+  [[gnu::flatten]] FASTCG_CLONES void dbl_##S##L(const ShCall& c, const T* q, const T* g,          \
+                                                 const T* r, T* os, T* ov, int64_t a, int64_t b) { \
+    double_tiles<L, T>(c, q, g, r, os, ov, a, b);                                                  \
   }
 #define FASTCG_SH_ALL(L) FASTCG_SH_ENTRIES(L, float, f) FASTCG_SH_ENTRIES(L, double, d)
 FASTCG_SH_ALL(0)

@@ -56,10 +56,21 @@ ScDims check_tables(const at::Tensor& x, const at::Tensor& weights, const at::Te
                   coeff.size(0) == entries.size(0),
               "coeff must be contiguous float64 [E] (E = entries.shape[0] = ", entries.size(0),
               "), got ", coeff.dtype(), " ", coeff.sizes());
-  ScDims d{mono.data_ptr<int64_t>(), pairs.data_ptr<int64_t>(), entries.data_ptr<int64_t>(),
-           coeff.data_ptr<double>(), cols.data_ptr<int64_t>(), mono.size(0), pairs.size(0),
-           entries.size(0), cols.size(0), x.size(0), x.size(1), x.size(2), weights.size(0),
-           weights.size(1), 0};
+  ScDims d{mono.data_ptr<int64_t>(),
+           pairs.data_ptr<int64_t>(),
+           entries.data_ptr<int64_t>(),
+           coeff.data_ptr<double>(),
+           cols.data_ptr<int64_t>(),
+           mono.size(0),
+           pairs.size(0),
+           entries.size(0),
+           cols.size(0),
+           x.size(0),
+           x.size(1),
+           x.size(2),
+           weights.size(0),
+           weights.size(1),
+           0};
   // core/symmetric_contraction.h: the CUDA kernels assert the same conditions
   for (int64_t n = 0; n < d.M; ++n)
     TORCH_CHECK(sc_monomial_fits(d.mono, n, d.D), "monomials row ", n,
@@ -86,8 +97,8 @@ Plan make_plan(const int64_t* sp, int64_t N, int64_t S) {
   Plan pl;
   std::vector<int64_t> start(S + 1, 0);
   for (int64_t b = 0; b < N; ++b) {
-    TORCH_CHECK(sp[b] >= 0 && sp[b] < S, "species[", b, "] = ", sp[b], " is out of range for ",
-                S, " species");
+    TORCH_CHECK(sp[b] >= 0 && sp[b] < S, "species[", b, "] = ", sp[b], " is out of range for ", S,
+                " species");
     ++start[sp[b] + 1];
   }
   pl.slot.assign(S, -1);
@@ -266,7 +277,8 @@ void backward_chunk(const ScDims& d, const Plan& pl, const int64_t* sp, Args<T> 
       }
       if (a.dw) {
         sc_outer<T, W>(d.pairs, d.P, gt.data(), val.data(), dA.data(), W);
-        if (q + 1 == p1 || sp[pl.order[q + 1]] != e) a.dw->template flush<W>(d, t, e, c0, dA.data());
+        if (q + 1 == p1 || sp[pl.order[q + 1]] != e)
+          a.dw->template flush<W>(d, t, e, c0, dA.data());
       }
     }
   }
@@ -301,7 +313,8 @@ void double_backward_chunk(const ScDims& d, const Plan& pl, const int64_t* sp, A
       gather_out<T, W>(a.g + b * d.C * d.Dout, d, c0, gt.data());
       if (a.dw) {
         sc_outer<T, W>(d.pairs, d.P, gt.data(), dot.data(), dA.data(), W);
-        if (q + 1 == p1 || sp[pl.order[q + 1]] != e) a.dw->template flush<W>(d, t, e, c0, dA.data());
+        if (q + 1 == p1 || sp[pl.order[q + 1]] != e)
+          a.dw->template flush<W>(d, t, e, c0, dA.data());
       }
       if (a.dx) {
         std::fill(adj.begin(), adj.end(), T(0));
@@ -322,18 +335,18 @@ void double_backward_chunk(const ScDims& d, const Plan& pl, const int64_t* sp, A
 }
 
 // One AVX2+FMA clone and one baseline clone of each chunk loop (the build has no -march).
-#define FASTCG_SC_CLONES(T)                                                                   \
-  FASTCG_CLONES void sc_forward(const ScDims& d, const Plan& pl, const int64_t* sp,          \
-                                Args<T> a, int64_t t) {                                       \
-    forward_chunk<T>(d, pl, sp, a, t);                                                        \
-  }                                                                                           \
-  FASTCG_CLONES void sc_backward(const ScDims& d, const Plan& pl, const int64_t* sp,         \
-                                 Args<T> a, int64_t t) {                                      \
-    backward_chunk<T>(d, pl, sp, a, t);                                                       \
-  }                                                                                           \
-  FASTCG_CLONES void sc_double_backward(const ScDims& d, const Plan& pl, const int64_t* sp,  \
-                                        Args<T> a, int64_t t) {                               \
-    double_backward_chunk<T>(d, pl, sp, a, t);                                                \
+#define FASTCG_SC_CLONES(T)                                                                     \
+  FASTCG_CLONES void sc_forward(const ScDims& d, const Plan& pl, const int64_t* sp, Args<T> a,  \
+                                int64_t t) {                                                    \
+    forward_chunk<T>(d, pl, sp, a, t);                                                          \
+  }                                                                                             \
+  FASTCG_CLONES void sc_backward(const ScDims& d, const Plan& pl, const int64_t* sp, Args<T> a, \
+                                 int64_t t) {                                                   \
+    backward_chunk<T>(d, pl, sp, a, t);                                                         \
+  }                                                                                             \
+  FASTCG_CLONES void sc_double_backward(const ScDims& d, const Plan& pl, const int64_t* sp,     \
+                                        Args<T> a, int64_t t) {                                 \
+    double_backward_chunk<T>(d, pl, sp, a, t);                                                  \
   }
 FASTCG_SC_CLONES(float)
 FASTCG_SC_CLONES(double)
@@ -371,27 +384,29 @@ Inputs prepare(const at::Tensor& x, const at::Tensor& species, const at::Tensor&
   return in;
 }
 
-at::Tensor sc_forward_cpu(const at::Tensor& x, const at::Tensor& species,
-                          const at::Tensor& weights, const at::Tensor& mono,
-                          const at::Tensor& pairs, const at::Tensor& entries,
-                          const at::Tensor& coeff, const at::Tensor& cols) {
+at::Tensor sc_forward_cpu(const at::Tensor& x, const at::Tensor& species, const at::Tensor& weights,
+                          const at::Tensor& mono, const at::Tensor& pairs,
+                          const at::Tensor& entries, const at::Tensor& coeff,
+                          const at::Tensor& cols) {
   Inputs in = prepare(x, species, weights, mono, pairs, entries, coeff, cols);
   auto out = at::zeros({x.size(0), x.size(1) * cols.size(0)}, x.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "symmetric_contraction", [&] {
     auto A = species_matrix<scalar_t>(in.d, in.pl, weights.data_ptr<scalar_t>());
-    Args<scalar_t> a{x.data_ptr<scalar_t>(), nullptr, nullptr, A.data(), nullptr,
+    Args<scalar_t> a{x.data_ptr<scalar_t>(),   nullptr, nullptr, A.data(), nullptr,
                      out.data_ptr<scalar_t>(), nullptr, nullptr};
     for_chunks(in.pl, [&](int64_t t) { sc_forward(in.d, in.pl, in.sp, a, t); });
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> sc_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& species,
-    const at::Tensor& weights, const at::Tensor& mono, const at::Tensor& pairs,
-    const at::Tensor& entries, const at::Tensor& coeff, const at::Tensor& cols,
-    std::array<bool, 2> mask) {
+std::tuple<at::Tensor, at::Tensor> sc_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                   const at::Tensor& species,
+                                                   const at::Tensor& weights,
+                                                   const at::Tensor& mono, const at::Tensor& pairs,
+                                                   const at::Tensor& entries,
+                                                   const at::Tensor& coeff, const at::Tensor& cols,
+                                                   std::array<bool, 2> mask) {
   Inputs in = prepare(x, species, weights, mono, pairs, entries, coeff, cols);
   check_cpu(grad_out, "grad_out");
   TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == x.scalar_type() &&
@@ -405,8 +420,13 @@ std::tuple<at::Tensor, at::Tensor> sc_backward_cpu(
     std::vector<scalar_t> A;
     if (mask[0]) A = species_matrix<scalar_t>(in.d, in.pl, weights.data_ptr<scalar_t>());
     WeightGrad<scalar_t> dw(in.d, in.pl, in.sp, mask[1]);
-    Args<scalar_t> a{x.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), nullptr, A.data(),
-                     nullptr, nullptr, mask[0] ? gx.data_ptr<scalar_t>() : nullptr,
+    Args<scalar_t> a{x.data_ptr<scalar_t>(),
+                     grad_out.data_ptr<scalar_t>(),
+                     nullptr,
+                     A.data(),
+                     nullptr,
+                     nullptr,
+                     mask[0] ? gx.data_ptr<scalar_t>() : nullptr,
                      mask[1] ? &dw : nullptr};
     for_chunks(in.pl, [&](int64_t t) { sc_backward(in.d, in.pl, in.sp, a, t); });
     if (mask[1]) dw.reduce(in.d, in.pl, gw.data_ptr<scalar_t>());

@@ -183,8 +183,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tensor_product_backward(
           if (gar) add_from_ir_mul(sc.accT.data(), pl.in, gar);
         }
         for (int64_t q : pl.generic)
-          tp_path_backward<scalar_t>(p + q * P_NCOLS, ci, cv, gp + r * dout, a + r * d1,
-                                     b + r * d2, wr, gar, gbr, gwr);
+          tp_path_backward<scalar_t>(p + q * P_NCOLS, ci, cv, gp + r * dout, a + r * d1, b + r * d2,
+                                     wr, gar, gbr, gwr);
       }
     });
   });

@@ -57,16 +57,16 @@ inline const char* path_fault_message(int fault) {
 // Every path must stay inside the operands: a table that does not match the tensors (a wrong
 // descriptor passed to torch.ops.fastcg directly) is an error here, not an out-of-bounds read.
 // core/tp.h path_fault is the one definition of "fits" (the CUDA kernels assert path_fits).
-inline void check_paths(const at::Tensor& paths, const at::Tensor& cg_index, int64_t d1,
-                        int64_t d2, int64_t dout, int64_t wn) {
+inline void check_paths(const at::Tensor& paths, const at::Tensor& cg_index, int64_t d1, int64_t d2,
+                        int64_t dout, int64_t wn) {
   TORCH_CHECK(dout >= 0, "dim_out must be >= 0, got ", dout);
   const int64_t* p = paths.data_ptr<int64_t>();
   const int64_t* ci = cg_index.data_ptr<int64_t>();
   const int64_t nnz = cg_index.size(0);
   for (int64_t q = 0; q < paths.size(0); ++q, p += P_NCOLS) {
     const int fault = path_fault(p, ci, nnz, d1, d2, dout, wn);
-    TORCH_CHECK(fault == PATH_OK, "paths row ", q, ": ", path_fault_message(fault), " (x1 has ",
-                d1, " features, x2 ", d2, ", the output ", dout, ", the weights ", wn,
+    TORCH_CHECK(fault == PATH_OK, "paths row ", q, ": ", path_fault_message(fault), " (x1 has ", d1,
+                " features, x2 ", d2, ", the output ", dout, ", the weights ", wn,
                 " per row, cg_index ", nnz, " rows)");
   }
 }
@@ -87,7 +87,7 @@ inline void check_rows(const at::Tensor& t, int64_t rows, const char* name) {
 
 // Stable counting sort: offsets [n+1] and edge order grouped by key.
 inline void csr(const int64_t* key, int64_t e, int64_t n, std::vector<int64_t>& off,
-         std::vector<int64_t>& order) {
+                std::vector<int64_t>& order) {
   off.assign(n + 1, 0);
   for (int64_t i = 0; i < e; ++i) off[key[i] + 1]++;
   for (int64_t i = 0; i < n; ++i) off[i + 1] += off[i];
@@ -113,10 +113,10 @@ void blocked_sum(int64_t rows, int64_t width, T* out, F&& per_row) {
 }
 
 inline void check_like(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(),
-              " but the features are on ", like.device());
-  TORCH_CHECK(t.dtype() == like.dtype(), name, " has dtype ", t.dtype(),
-              " but the features have ", like.dtype());
+  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but the features are on ",
+              like.device());
+  TORCH_CHECK(t.dtype() == like.dtype(), name, " has dtype ", t.dtype(), " but the features have ",
+              like.dtype());
 }
 
 inline void check_weights(const at::Tensor& w, int64_t rows, const at::Tensor& like) {
@@ -201,9 +201,17 @@ inline TPPlan make_plan(const at::Tensor& paths, const at::Tensor& cg_index) {
     }
     const int64_t m = p[P_MUL1], d1 = 2 * p[P_L1] + 1, d3 = 2 * p[P_L3] + 1;
     const int64_t pairs = int64_t(pl.by_i.size());
-    FastPath f{m, d1, d3, block_at(pl.in, pl.in_size, p[P_OFF1], m, d1), p[P_OFF2],
-               block_at(pl.out, pl.out_size, p[P_OFFO], m, d3), p[P_WOFF], p[P_CG_BEGIN],
-               p[P_CG_END], pairs, add_pairs(ci, p[P_CG_BEGIN], p[P_CG_END], pl)};
+    FastPath f{m,
+               d1,
+               d3,
+               block_at(pl.in, pl.in_size, p[P_OFF1], m, d1),
+               p[P_OFF2],
+               block_at(pl.out, pl.out_size, p[P_OFFO], m, d3),
+               p[P_WOFF],
+               p[P_CG_BEGIN],
+               p[P_CG_END],
+               pairs,
+               add_pairs(ci, p[P_CG_BEGIN], p[P_CG_END], pl)};
     pl.s_size = std::max(pl.s_size, d1 * d3);
     pl.fast.push_back(f);
   }
@@ -226,8 +234,8 @@ void add_from_ir_mul(const T* rowT, const std::vector<Block>& bl, T* row) {
 
 // [rows, width] -> [rows, size] ir_mul copies of the blocks (empty when there are none).
 template <typename T>
-std::vector<T> rows_to_ir_mul(const T* x, int64_t rows, int64_t width,
-                              const std::vector<Block>& bl, int64_t size) {
+std::vector<T> rows_to_ir_mul(const T* x, int64_t rows, int64_t width, const std::vector<Block>& bl,
+                              int64_t size) {
   std::vector<T> out(bl.empty() ? 0 : rows * size);
   if (bl.empty()) return out;
   at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
@@ -259,16 +267,16 @@ FASTCG_HDI void fast_forward_impl(const TPPlan& pl, const int64_t* ci, const dou
 
 template <typename T>
 FASTCG_HDI void fast_backward_impl(const TPPlan& pl, const int64_t* ci, const double* cv,
-                                   const T* aT, const T* gT, const T* y, const T* w, T* gaT,
-                                   T* gy, T* gw, Scratch<T>& sc) {
+                                   const T* aT, const T* gT, const T* y, const T* w, T* gaT, T* gy,
+                                   T* gw, Scratch<T>& sc) {
   for (const auto& f : pl.fast) {
     T* s = sc.s.data();
     for (int64_t n = 0; n < f.d1 * f.d3; ++n) s[n] = T(0);
     uvu1_coupling(ci, cv, f.begin, f.end, f.d3, y + f.y_off, s);
     const bool has_w = f.woff >= 0;
     const Pair* pb = pl.by_i.data() + f.pairs;
-    uvu1_bwd(f.m, f.d3, pb, pb + f.npairs, ci, cv, f.begin, f.end, s, aT + f.in_at,
-             gT + f.out_at, has_w ? w + f.woff : nullptr, gaT ? gaT + f.in_at : nullptr,
+    uvu1_bwd(f.m, f.d3, pb, pb + f.npairs, ci, cv, f.begin, f.end, s, aT + f.in_at, gT + f.out_at,
+             has_w ? w + f.woff : nullptr, gaT ? gaT + f.in_at : nullptr,
              gy ? gy + f.y_off : nullptr, (gw && has_w) ? gw + f.woff : nullptr,
              Uvu1Acc<T>{sc.Mv.data(), sc.Mt.data()});
   }
@@ -283,16 +291,16 @@ FASTCG_HDI void fast_backward_impl(const TPPlan& pl, const int64_t* ci, const do
 #define FASTCG_CLONES
 #endif
 
-#define FASTCG_FAST_FOR(T)                                                                  \
-  [[maybe_unused]] FASTCG_CLONES static void fast_forward(                                  \
-      const TPPlan& pl, const int64_t* ci, const double* cv, const T* aT, const T* y,       \
-      const T* w, T* oT, Scratch<T>& sc) {                                                  \
-    fast_forward_impl<T>(pl, ci, cv, aT, y, w, oT, sc);                                     \
-  }                                                                                         \
-  [[maybe_unused]] FASTCG_CLONES static void fast_backward(                                 \
-      const TPPlan& pl, const int64_t* ci, const double* cv, const T* aT, const T* gT,      \
-      const T* y, const T* w, T* gaT, T* gy, T* gw, Scratch<T>& sc) {                       \
-    fast_backward_impl<T>(pl, ci, cv, aT, gT, y, w, gaT, gy, gw, sc);                       \
+#define FASTCG_FAST_FOR(T)                                                                         \
+  [[maybe_unused]] FASTCG_CLONES static void fast_forward(                                         \
+      const TPPlan& pl, const int64_t* ci, const double* cv, const T* aT, const T* y, const T* w,  \
+      T* oT, Scratch<T>& sc) {                                                                     \
+    fast_forward_impl<T>(pl, ci, cv, aT, y, w, oT, sc);                                            \
+  }                                                                                                \
+  [[maybe_unused]] FASTCG_CLONES static void fast_backward(                                        \
+      const TPPlan& pl, const int64_t* ci, const double* cv, const T* aT, const T* gT, const T* y, \
+      const T* w, T* gaT, T* gy, T* gw, Scratch<T>& sc) {                                          \
+    fast_backward_impl<T>(pl, ci, cv, aT, gT, y, w, gaT, gy, gw, sc);                              \
   }
 FASTCG_FAST_FOR(float)
 FASTCG_FAST_FOR(double)

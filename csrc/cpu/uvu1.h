@@ -48,8 +48,8 @@ inline __attribute__((always_inline)) void store(T* p, V v) {
 // with pairs (pairs sorted by k). W null: weight 1.
 template <typename T, typename V, int C>
 inline __attribute__((always_inline)) void uvu1_fwd_block(int64_t m, int64_t d3, const Pair* pb,
-                                                         const Pair* pe, const T* s, const T* a,
-                                                         const T* W, T* o) {
+                                                          const Pair* pe, const T* s, const T* a,
+                                                          const T* W, T* o) {
   constexpr int64_t L = sizeof(V) / sizeof(T);
   for (const Pair* q = pb; q < pe;) {
     const int32_t k = q->k;
@@ -70,13 +70,14 @@ inline __attribute__((always_inline)) void uvu1_fwd_block(int64_t m, int64_t d3,
 
 template <typename T>
 inline __attribute__((always_inline)) void uvu1_fwd(int64_t m, int64_t d3, const Pair* pb,
-                                                   const Pair* pe, const T* s, const T* aT,
-                                                   const T* W, T* oT) {
+                                                    const Pair* pe, const T* s, const T* aT,
+                                                    const T* W, T* oT) {
   using V = Vec<T>;
   constexpr int64_t L = sizeof(V) / sizeof(T), C = 4;
   int64_t u = 0;
   const auto at = [&](const T* p) { return p ? p + u : nullptr; };
-  for (; u + C * L <= m; u += C * L) uvu1_fwd_block<T, V, C>(m, d3, pb, pe, s, aT + u, at(W), oT + u);
+  for (; u + C * L <= m; u += C * L)
+    uvu1_fwd_block<T, V, C>(m, d3, pb, pe, s, aT + u, at(W), oT + u);
   for (; u + L <= m; u += L) uvu1_fwd_block<T, V, 1>(m, d3, pb, pe, s, aT + u, at(W), oT + u);
   for (; u < m; ++u) uvu1_fwd_block<T, T, 1>(m, d3, pb, pe, s, aT + u, at(W), oT + u);
 }
@@ -86,9 +87,9 @@ inline __attribute__((always_inline)) void uvu1_fwd(int64_t m, int64_t d3, const
 // GA / GW / GY say which outputs are wanted; W null: weight 1.
 template <typename T, typename V, int C, bool GA, bool GW, bool GY>
 inline __attribute__((always_inline)) void uvu1_bwd_block(int64_t m, int64_t d3, const Pair* pb,
-                                                         const Pair* pe, const T* s, const T* a,
-                                                         const T* g, const T* W, T* ga, T* gW,
-                                                         T* Macc) {
+                                                          const Pair* pe, const T* s, const T* a,
+                                                          const T* g, const T* W, T* ga, T* gW,
+                                                          T* Macc) {
   constexpr int64_t L = sizeof(V) / sizeof(T);
   V w[C], gw[C];
   for (int c = 0; c < C; ++c) {
@@ -134,9 +135,9 @@ struct Uvu1Acc {
 
 template <typename T, bool GA, bool GW, bool GY>
 inline __attribute__((always_inline)) void uvu1_bwd_cols(int64_t m, int64_t d3, const Pair* pb,
-                                                        const Pair* pe, const T* s, const T* aT,
-                                                        const T* g, const T* W, T* gaT, T* gW,
-                                                        Uvu1Acc<T> M) {
+                                                         const Pair* pe, const T* s, const T* aT,
+                                                         const T* g, const T* W, T* gaT, T* gW,
+                                                         Uvu1Acc<T> M) {
   using V = Vec<T>;
   constexpr int64_t L = sizeof(V) / sizeof(T), C = 2;
   int64_t u = 0;
@@ -157,11 +158,10 @@ inline __attribute__((always_inline)) void uvu1_bwd_cols(int64_t m, int64_t d3, 
 // M: scratch of d1 * d3 vectors and scalars.
 template <typename T>
 inline __attribute__((always_inline)) void uvu1_bwd(int64_t m, int64_t d3, const Pair* pb,
-                                                   const Pair* pe, const int64_t* cgi,
-                                                   const double* cgv, int64_t begin, int64_t end,
-                                                   const T* s, const T* aT, const T* g,
-                                                   const T* W, T* gaT, T* gy, T* gW,
-                                                   Uvu1Acc<T> M) {
+                                                    const Pair* pe, const int64_t* cgi,
+                                                    const double* cgv, int64_t begin, int64_t end,
+                                                    const T* s, const T* aT, const T* g, const T* W,
+                                                    T* gaT, T* gy, T* gW, Uvu1Acc<T> M) {
   constexpr int64_t L = sizeof(Vec<T>) / sizeof(T);
   if (gy)
     for (const Pair* q = pb; q < pe; ++q) {
@@ -171,13 +171,20 @@ inline __attribute__((always_inline)) void uvu1_bwd(int64_t m, int64_t d3, const
     }
 #define FASTCG_UVU1_BWD(GA, GW, GY) \
   uvu1_bwd_cols<T, GA, GW, GY>(m, d3, pb, pe, s, aT, g, W, gaT, gW, M)
-  if (gaT && gW && gy) FASTCG_UVU1_BWD(true, true, true);
-  else if (gaT && gW) FASTCG_UVU1_BWD(true, true, false);
-  else if (gaT && gy) FASTCG_UVU1_BWD(true, false, true);
-  else if (gW && gy) FASTCG_UVU1_BWD(false, true, true);
-  else if (gaT) FASTCG_UVU1_BWD(true, false, false);
-  else if (gW) FASTCG_UVU1_BWD(false, true, false);
-  else if (gy) FASTCG_UVU1_BWD(false, false, true);
+  if (gaT && gW && gy)
+    FASTCG_UVU1_BWD(true, true, true);
+  else if (gaT && gW)
+    FASTCG_UVU1_BWD(true, true, false);
+  else if (gaT && gy)
+    FASTCG_UVU1_BWD(true, false, true);
+  else if (gW && gy)
+    FASTCG_UVU1_BWD(false, true, true);
+  else if (gaT)
+    FASTCG_UVU1_BWD(true, false, false);
+  else if (gW)
+    FASTCG_UVU1_BWD(false, true, false);
+  else if (gy)
+    FASTCG_UVU1_BWD(false, false, true);
 #undef FASTCG_UVU1_BWD
   if (gy)
     for (int64_t n = begin; n < end; ++n) {

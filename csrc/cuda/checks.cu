@@ -11,9 +11,8 @@ __global__ void check_index_kernel(const int64_t* idx, int64_t n, int64_t bound)
   if (i < n) CUDA_KERNEL_ASSERT(idx[i] >= 0 && idx[i] < bound);
 }
 
-__global__ void check_paths_kernel(const int64_t* paths, int64_t P, const int64_t* ci,
-                                   int64_t nnz, int64_t d1, int64_t d2, int64_t dout,
-                                   int64_t wn) {
+__global__ void check_paths_kernel(const int64_t* paths, int64_t P, const int64_t* ci, int64_t nnz,
+                                   int64_t d1, int64_t d2, int64_t dout, int64_t wn) {
   const int64_t q = thread_index();
   if (q < P) CUDA_KERNEL_ASSERT(path_fits(paths + q * P_NCOLS, ci, nnz, d1, d2, dout, wn));
 }

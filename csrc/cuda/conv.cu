@@ -50,8 +50,8 @@ __global__ void conv_fwd_kernel(TPTables tb, ConvDims c, const T* x, const T* y,
     const int64_t e = order ? order[t] : t;
     const T* we = c.shared ? w : w + e * c.wn;
     for (int64_t q = 0; q < tb.P; ++q)
-      tp_path_forward<T>(tb.paths + q * P_NCOLS, tb.ci, tb.cv, x + src[e] * c.d1, y + e * c.d2,
-                         we, o);
+      tp_path_forward<T>(tb.paths + q * P_NCOLS, tb.ci, tb.cv, x + src[e] * c.d1, y + e * c.d2, we,
+                         o);
   }
 }
 
@@ -72,8 +72,8 @@ __global__ void conv_bwd_kernel(TPTables tb, ConvDims c, const T* g, const T* x,
     const T* we = c.shared ? w : w + e * c.wn;
     T* gwe = gw ? gw + (c.shared ? i : e) * c.wn : nullptr;
     for (int64_t q = 0; q < tb.P; ++q)
-      tp_path_backward<T>(tb.paths + q * P_NCOLS, tb.ci, tb.cv, g + dst[e] * c.dout,
-                          x + n * c.d1, y + e * c.d2, we, ga, gy ? gy + e * c.d2 : nullptr, gwe);
+      tp_path_backward<T>(tb.paths + q * P_NCOLS, tb.ci, tb.cv, g + dst[e] * c.dout, x + n * c.d1,
+                          y + e * c.d2, we, ga, gy ? gy + e * c.d2 : nullptr, gwe);
   }
 }
 
@@ -90,27 +90,26 @@ struct AtomicAdd {
 // indices are out of range (check_index_cuda has already asserted on them) write nothing; nothing
 // at all when the device flag `skip` is set (dst sorted: conv_fwd_kernel sums instead).
 template <typename T>
-__global__ void conv_fwd_atomic_kernel(TPTables tb, ConvDims c, const T* x, const T* y,
-                                       const T* w, const int64_t* src, const int64_t* dst,
-                                       int64_t E, int64_t num_nodes, const bool* skip, T* out) {
+__global__ void conv_fwd_atomic_kernel(TPTables tb, ConvDims c, const T* x, const T* y, const T* w,
+                                       const int64_t* src, const int64_t* dst, int64_t E,
+                                       int64_t num_nodes, const bool* skip, T* out) {
   const int64_t e = thread_index();
   if (e >= E || *skip) return;
   const int64_t s = src[e], d = dst[e];
   if (s < 0 || s >= c.N || d < 0 || d >= num_nodes) return;
   const T* we = c.shared ? w : w + e * c.wn;
   for (int64_t q = 0; q < tb.P; ++q)
-    tp_path_forward<T, AtomicAdd>(tb.paths + q * P_NCOLS, tb.ci, tb.cv, x + s * c.d1,
-                                  y + e * c.d2, we, out + d * c.dout);
+    tp_path_forward<T, AtomicAdd>(tb.paths + q * P_NCOLS, tb.ci, tb.cv, x + s * c.d1, y + e * c.d2,
+                                  we, out + d * c.dout);
 }
 
 // Backward of edge e = this thread: grad_x[src[e]] and, with shared weights (kShared), the one
 // grad_weights row take atomic adds; grad_edge_attr[e] and per-edge grad_weights[e] are this
 // thread's own. Null outputs are skipped.
 template <typename T, bool kShared>
-__global__ void conv_bwd_atomic_kernel(TPTables tb, ConvDims c, const T* g, const T* x,
-                                       const T* y, const T* w, const int64_t* src,
-                                       const int64_t* dst, int64_t E, int64_t num_nodes, T* gx,
-                                       T* gy, T* gw) {
+__global__ void conv_bwd_atomic_kernel(TPTables tb, ConvDims c, const T* g, const T* x, const T* y,
+                                       const T* w, const int64_t* src, const int64_t* dst,
+                                       int64_t E, int64_t num_nodes, T* gx, T* gy, T* gw) {
   using AddW = std::conditional_t<kShared, AtomicAdd, PlainAdd>;
   const int64_t e = thread_index();
   if (e >= E) return;
@@ -122,8 +121,8 @@ __global__ void conv_bwd_atomic_kernel(TPTables tb, ConvDims c, const T* g, cons
   T* gwe = gw ? (kShared ? gw : gw + e * c.wn) : nullptr;
   for (int64_t q = 0; q < tb.P; ++q)
     tp_path_backward<T, AtomicAdd, PlainAdd, AddW>(tb.paths + q * P_NCOLS, tb.ci, tb.cv,
-                                                   g + d * c.dout, x + s * c.d1, y + e * c.d2,
-                                                   we, ga, gb, gwe);
+                                                   g + d * c.dout, x + s * c.d1, y + e * c.d2, we,
+                                                   ga, gb, gwe);
 }
 
 // ---- host side: checks and launches (the kernels above also build as host code for
@@ -134,15 +133,15 @@ bool use_atomics() { return !at::globalContext().deterministicAlgorithms(); }
 
 ConvDims check_conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
                     const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
-                    const at::Tensor& paths, const at::Tensor& cg_index,
-                    const at::Tensor& cg_value, int64_t dim_out) {
+                    const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                    int64_t dim_out) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D tensor");
   check_like_cuda(y, x, "edge_attr");
   TORCH_CHECK(y.dim() == 2, "edge_attr must be 2-D [E, dim2]");
   const int64_t E = y.size(0);
   check_like_cuda(w, x, "weights");
-  TORCH_CHECK(w.dim() == 1 || (w.dim() == 2 && w.size(0) == E),
-              "weights must be [numel] or [", E, ", numel]");
+  TORCH_CHECK(w.dim() == 1 || (w.dim() == 2 && w.size(0) == E), "weights must be [numel] or [", E,
+              ", numel]");
   TORCH_CHECK(num_nodes >= 0, "num_nodes must be >= 0");
   TORCH_CHECK(dim_out >= 0, "dim_out must be >= 0");
   check_index_shape(src, E, x, "src");
@@ -167,8 +166,8 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool atomics = use_atomics();
   // Atomic variant: CSR offsets of dst itself, used only when the device flag says it is sorted.
-  const auto [order, off] = atomics ? std::pair{at::Tensor(), sorted_offsets(dst, num_nodes)}
-                                    : group_by(dst, num_nodes);
+  const auto [order, off] =
+      atomics ? std::pair{at::Tensor(), sorted_offsets(dst, num_nodes)} : group_by(dst, num_nodes);
   const at::Tensor is_sorted = atomics ? sorted_flag(dst) : at::Tensor();
   const bool* flag = atomics ? is_sorted.data_ptr<bool>() : nullptr;
   const int64_t E = y.size(0);
@@ -200,12 +199,12 @@ void conv_backward_atomic(const TPTables& tb, const ConvDims& c, const at::Tenso
     scalar_t* ga = mask[0] ? gx.data_ptr<scalar_t>() : nullptr;
     scalar_t* gb = mask[1] ? gy.data_ptr<scalar_t>() : nullptr;
     scalar_t* gwp = mask[2] && c.wn > 0 ? gw.data_ptr<scalar_t>() : nullptr;
-    auto kernel = c.shared ? conv_bwd_atomic_kernel<scalar_t, true>
-                           : conv_bwd_atomic_kernel<scalar_t, false>;
+    auto kernel =
+        c.shared ? conv_bwd_atomic_kernel<scalar_t, true> : conv_bwd_atomic_kernel<scalar_t, false>;
     kernel<<<blocks_for(E), kThreads, 0, stream>>>(
         tb, c, g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-        w.data_ptr<scalar_t>(), src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, num_nodes,
-        ga, gb, gwp);
+        w.data_ptr<scalar_t>(), src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(), E, num_nodes, ga,
+        gb, gwp);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -218,8 +217,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
   const c10::cuda::CUDAGuard guard(x.device());
   check_like_cuda(g, x, "grad_out");
   TORCH_CHECK(g.dim() == 2, "grad_out must be 2-D [num_nodes, dim_out]");
-  const ConvDims c =
-      check_conv(x, y, w, src, dst, g.size(0), paths, cg_index, cg_value, g.size(1));
+  const ConvDims c = check_conv(x, y, w, src, dst, g.size(0), paths, cg_index, cg_value, g.size(1));
   auto gx = masked_zeros(mask[0], x), gy = masked_zeros(mask[1], y), gw = masked_zeros(mask[2], w);
   const int64_t N = c.N;
   if (y.size(0) == 0 || N == 0 || paths.size(0) == 0 || !(mask[0] || mask[1] || mask[2]))

@@ -97,8 +97,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w,
 std::tuple<at::Tensor, at::Tensor> linear_backward(const at::Tensor& g, const at::Tensor& x,
                                                    const at::Tensor& w,
                                                    const c10::optional<at::Tensor>& species,
-                                                   const at::Tensor& paths,
-                                                   const at::Tensor& coeff,
+                                                   const at::Tensor& paths, const at::Tensor& coeff,
                                                    std::array<bool, 2> mask) {
   check_cuda(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
@@ -113,8 +112,8 @@ std::tuple<at::Tensor, at::Tensor> linear_backward(const at::Tensor& g, const at
   if (mask[0] && B * din > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_backward_x_cuda", [&] {
       linear_rows_kernel<scalar_t, true><<<blocks_for(B * din), kThreads, 0, stream>>>(
-          tb, g.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), species_ptr(species), B, dout,
-          din, wn, gx.data_ptr<scalar_t>());
+          tb, g.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), species_ptr(species), B, dout, din,
+          wn, gx.data_ptr<scalar_t>());
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

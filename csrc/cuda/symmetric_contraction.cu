@@ -151,9 +151,19 @@ ScTables prepare(const at::Tensor& x, const at::Tensor& species, const at::Tenso
   check_table(coeff, at::kDouble, 0, x, "coeff");
   check_table(cols, at::kLong, 2, x, "out_cols");
   TORCH_CHECK(coeff.size(0) == entries.size(0), "coeff must have one entry per table entry");
-  ScTables d{mono.data_ptr<int64_t>(), pairs.data_ptr<int64_t>(), entries.data_ptr<int64_t>(),
-             coeff.data_ptr<double>(), cols.data_ptr<int64_t>(), mono.size(0), pairs.size(0),
-             entries.size(0), cols.size(0), x.size(0), x.size(1), x.size(2), weights.size(0),
+  ScTables d{mono.data_ptr<int64_t>(),
+             pairs.data_ptr<int64_t>(),
+             entries.data_ptr<int64_t>(),
+             coeff.data_ptr<double>(),
+             cols.data_ptr<int64_t>(),
+             mono.size(0),
+             pairs.size(0),
+             entries.size(0),
+             cols.size(0),
+             x.size(0),
+             x.size(1),
+             x.size(2),
+             weights.size(0),
              weights.size(1)};
   const int64_t rows = std::max(std::max(d.M, d.P), std::max(d.E, d.Dout));
   if (rows > 0) {
@@ -175,9 +185,10 @@ at::Tensor species_matrix(const ScTables& d, const at::Tensor& w, const at::Tens
   auto A = at::empty({d.S, d.P, d.C}, w.options());
   if (A.numel() == 0) return A;
   const auto [eorder, eoff] = group_by(entries.select(1, SC_PAIR).contiguous(), d.P);
-  species_matrix_kernel<T><<<blocks_for(A.numel()), kThreads, 0,
-                             at::cuda::getCurrentCUDAStream()>>>(
-      d, w.data_ptr<T>(), eorder.data_ptr<int64_t>(), eoff.data_ptr<int64_t>(), A.data_ptr<T>());
+  species_matrix_kernel<T>
+      <<<blocks_for(A.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          d, w.data_ptr<T>(), eorder.data_ptr<int64_t>(), eoff.data_ptr<int64_t>(),
+          A.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return A;
 }
@@ -226,18 +237,21 @@ at::Tensor sc_forward_cuda(const at::Tensor& x, const at::Tensor& species,
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "symmetric_contraction_cuda", [&] {
     const auto A = species_matrix<scalar_t>(d, weights, entries);
-    NodeArgs<scalar_t> a{x.data_ptr<scalar_t>(), nullptr, nullptr, A.data_ptr<scalar_t>(),
-                         nullptr, out.data_ptr<scalar_t>(), nullptr};
+    NodeArgs<scalar_t> a{
+        x.data_ptr<scalar_t>(),   nullptr, nullptr, A.data_ptr<scalar_t>(), nullptr,
+        out.data_ptr<scalar_t>(), nullptr};
     run_nodes<scalar_t>(d, a, species, x);
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> sc_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& species,
-    const at::Tensor& weights, const at::Tensor& mono, const at::Tensor& pairs,
-    const at::Tensor& entries, const at::Tensor& coeff, const at::Tensor& cols,
-    std::array<bool, 2> mask) {
+std::tuple<at::Tensor, at::Tensor> sc_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                                    const at::Tensor& species,
+                                                    const at::Tensor& weights,
+                                                    const at::Tensor& mono, const at::Tensor& pairs,
+                                                    const at::Tensor& entries,
+                                                    const at::Tensor& coeff, const at::Tensor& cols,
+                                                    std::array<bool, 2> mask) {
   check_cuda(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   const ScTables d = prepare(x, species, weights, mono, pairs, entries, coeff, cols);
@@ -248,7 +262,8 @@ std::tuple<at::Tensor, at::Tensor> sc_backward_cuda(
     if (mask[0]) {
       const auto A = species_matrix<scalar_t>(d, weights, entries);
       NodeArgs<scalar_t> a{x.data_ptr<scalar_t>(), nullptr, grad_out.data_ptr<scalar_t>(),
-                           A.data_ptr<scalar_t>(), nullptr, nullptr, gx.data_ptr<scalar_t>()};
+                           A.data_ptr<scalar_t>(), nullptr, nullptr,
+                           gx.data_ptr<scalar_t>()};
       run_nodes<scalar_t>(d, a, species, x);
     }
     if (mask[1]) run_weights<scalar_t>(d, x, at::Tensor(), grad_out, species, gw);

@@ -72,8 +72,8 @@ at::Tensor tensor_product(const at::Tensor& x1, const at::Tensor& x2, const at::
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "tensor_product_cuda", [&] {
     tp_fwd_kernel<scalar_t><<<blocks_for(B), kThreads, 0, stream>>>(
-        tb, x1.data_ptr<scalar_t>(), x2.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), B,
-        x1.size(1), x2.size(1), w.size(-1), w.dim() == 1, dim_out, out.data_ptr<scalar_t>());
+        tb, x1.data_ptr<scalar_t>(), x2.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), B, x1.size(1),
+        x2.size(1), w.size(-1), w.dim() == 1, dim_out, out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
