@@ -2,7 +2,9 @@
 
 The issue's target model: ScaleShiftMACE, hidden irreps 128x0e+128x1o, max_ell 3, correlation 3,
 2 interactions, radial MLP [64, 64, 64], 10 Bessel functions, r_max 5, on 864-atom fcc Cu
-(rattled), float32, 2 threads. Each variant runs in its own process so that peak RSS is its own;
+(rattled), float32, 2 threads. "fastcg-tabulated" is ``convert(model, radial="tabulated")`` (the
+radial MLPs read from cubic Hermite tables, knots every 0.01 A: an opt-in approximation for MD;
+its max |dF| column is its error). Each variant runs in its own process so that peak RSS is its own;
 "calls GB" is the high-water mark of the energy+forces calls over the resident memory before them
 (torch, models). "fastcg-deployed" is the converted model saved with torch.jit.script and run by
 FastCGCalculator in a process that never imports mace-torch or e3nn (as LAMMPS would run it).
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 
-VARIANTS = ("e3nn", "fastcg", "fastcg-deployed", "symmetrix")
+VARIANTS = ("e3nn", "fastcg", "fastcg-deployed", "fastcg-tabulated", "symmetrix")
 LABELS = {"e3nn": "mace-torch"}
 
 
@@ -83,10 +85,10 @@ def measure(variant: str, threads: int, repeats: int, dtype_name: str, small: bo
         assert not any(m in sys.modules for m in ("mace", "e3nn")), "imports mace / e3nn"
     else:
         model = build(small)
-        if variant == "fastcg":
+        if variant in ("fastcg", "fastcg-tabulated"):
             from fastcg.convert import convert
 
-            model = convert(model)
+            model = convert(model, radial="tabulated" if variant == "fastcg-tabulated" else "exact")
         calc = FastCGCalculator(model, dtype=getattr(torch, dtype_name))
     atoms.calc = calc
     result = time_calls(variant, atoms, repeats)
@@ -115,7 +117,7 @@ def time_calls(variant: str, atoms, repeats: int) -> dict:
         f.write("5")
     # warm-up: e3nn's codegen, allocations; TorchScript's profiling executor optimises the
     # graph over its first calls
-    for _ in range(1 if variant in ("e3nn", "fastcg") else 3):
+    for _ in range(1 if variant in ("e3nn", "fastcg", "fastcg-tabulated") else 3):
         forces = atoms.get_forces()
     times = []
     for k in range(repeats):
