@@ -245,3 +245,25 @@ def test_conv_module_tabulate_script_and_to():
     assert_close(out32, out.float())
     with pytest.raises(ValueError, match="weights per edge"):
         conv.tabulate(fnn.radial_table(lambda r: fn(r)[:, :3], 5.0, 0.1))
+
+
+def test_pickles_with_and_without_a_table():
+    """A tabulated conv keeps its table through pickling; one pickled before tables existed (no
+    attribute at all) still runs the exact path."""
+    import pickle
+
+    conv = fnn.RadialFusedConv("2x0e", "1x0e", "2x0e", [(0, 0, 0, "uvu", True)]).double()
+    x, y = torch.randn(3, 2, dtype=F64), torch.randn(4, 1, dtype=F64)
+    src, dst, w = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 0]), torch.randn(4, 2)
+    old = pickle.loads(pickle.dumps(conv))
+    del old.__dict__["_radial_table"]
+    old = pickle.loads(pickle.dumps(old))
+    assert_close(old._forward_fused(x, y, w.double(), src, dst, 3),
+                 conv._forward_fused(x, y, w.double(), src, dst, 3))  # fmt: skip
+    conv.tabulate(fnn.radial_table(lambda r: torch.stack([r, r * r], 1), 5.0, 0.5, F64))
+    back = pickle.loads(pickle.dumps(conv))
+    assert torch.equal(back._radial_table, conv._radial_table)
+    r = torch.tensor([1.0, 2.0, 3.0, 4.5], dtype=F64)
+    assert_close(
+        back._forward_fused(x, y, r, src, dst, 3), conv._forward_fused(x, y, r, src, dst, 3)
+    )

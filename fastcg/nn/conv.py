@@ -99,6 +99,12 @@ class RadialFusedConv(TensorProductConv):
         object.__setattr__(self, "_radial_weight", None)
         object.__setattr__(self, "_radial_table", None)
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # modules pickled before tables existed: no attribute at all
+        if "_radial_table" not in self._buffers:
+            self.__dict__.setdefault("_radial_table", None)
+
     def fuse_radial(self, net: FullyConnectedNet) -> None:
         """Take over ``net``'s last layer (``net`` then returns its last hidden layer)."""
         layer = net.defer_last()
