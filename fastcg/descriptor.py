@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from enum import IntEnum
 from math import sqrt
 from typing import Any
 
@@ -40,11 +41,34 @@ class UnknownMode(InvalidSpecification, KeyError):
 MODES = ("uvw", "uvu", "uuu", "uvv", "uuw")
 # Every connection mode of e3nn 0.6; uvuv, uvu<v and u<vw become several kernel-mode paths.
 E3NN_MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv", "uvu<v", "u<vw")
-# Column order of the int64 path table shared with csrc/core/tp.h.
+# Column orders of the int64 tables the kernels read: the one Python naming of each, mirrored
+# by the enums of csrc/core/common.h (PathCol, LinCol) and csrc/core/symmetric_contraction.h
+# (ScMonoCol, ScPairCol, ScEntryCol); tests/test_table_columns.py compares the two sides.
+# Path table of a tensor product (TPDescriptor.tensors), read by csrc/core/tp.h.
 PATH_COLUMNS = (
     "mode", "l1", "l2", "l3", "mul1", "mul2", "mul_out",
     "off1", "off2", "off_out", "w_off", "cg_begin", "cg_end",
 )  # fmt: skip
+# Path table of a linear layer (LinearDescriptor.tensors).
+LINEAR_COLUMNS = ("mul_in", "mul_out", "ir_dim", "off_in", "off_out", "w_off")
+# Symmetric contraction tables (SymmetricContractionDescriptor.tensors): monomial = parent
+# monomial (-1 for a single variable) times variable var; pair = output column out, monomial
+# mono; entry = pair, weight row k. Its out_cols table (start, dim) has no C++ enum.
+SC_MONO_COLUMNS = ("parent", "var")
+SC_PAIR_COLUMNS = ("out", "mono")
+SC_ENTRY_COLUMNS = ("pair", "k")
+
+
+def _columns(name: str, columns: tuple[str, ...]) -> type[IntEnum]:
+    """An IntEnum of a table's columns: ``paths[:, PathCol.w_off]`` instead of ``paths[:, 10]``."""
+    return IntEnum(name, [(c, i) for i, c in enumerate(columns)])
+
+
+PathCol = _columns("PathCol", PATH_COLUMNS)
+LinCol = _columns("LinCol", LINEAR_COLUMNS)
+ScMonoCol = _columns("ScMonoCol", SC_MONO_COLUMNS)
+ScPairCol = _columns("ScPairCol", SC_PAIR_COLUMNS)
+ScEntryCol = _columns("ScEntryCol", SC_ENTRY_COLUMNS)
 
 
 def weight_shape(mode: str, mul1: int, mul2: int, mul_out: int) -> tuple[int, ...]:
@@ -128,7 +152,7 @@ class TPDescriptor:
         object.__setattr__(self, "_tables", _pack(self))
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(paths int64 [P, 13], cg_index int64 [NNZ, 3], cg_value float64 [NNZ])."""
+        """(paths int64 [P, 13] (PATH_COLUMNS), cg_index int64 [NNZ, 3], cg_value float64 [NNZ])."""
         return self._tables
 
 
@@ -142,10 +166,9 @@ def _pack(desc: TPDescriptor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
             for i, j, k, c in sparse_cg(p.l1, p.l2, p.l3):
                 idx.append((i, j, k))
                 val.append(c * p.coeff)
-        rows.append((
-            MODES.index(p.mode), p.l1, p.l2, p.l3, p.mul1, p.mul2, p.mul_out,
-            p.off1, p.off2, p.off_out, p.w_off, begin, len(val),
-        ))  # fmt: skip
+        # by name, so the row follows PATH_COLUMNS; the other columns are Path fields
+        own = {"mode": MODES.index(p.mode), "cg_begin": begin, "cg_end": len(val)}
+        rows.append(tuple(own[c] if c in own else getattr(p, c) for c in PATH_COLUMNS))
         prev = p
     paths = torch.tensor(rows, dtype=torch.int64).reshape(-1, len(PATH_COLUMNS))
     cg_index = torch.tensor(idx, dtype=torch.int64).reshape(-1, 3)
@@ -400,7 +423,7 @@ class LinearDescriptor:
         object.__setattr__(self, "_tables", _pack_linear(self))  # see TPDescriptor
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(paths int64 [P, 6], path_coeff float64 [P])."""
+        """(paths int64 [P, 6] with LINEAR_COLUMNS, path_coeff float64 [P])."""
         return self._tables
 
     @property
@@ -409,10 +432,19 @@ class LinearDescriptor:
         return sum(s[0] for i, _, s, _ in self.instructions if i == -1)
 
 
+# Fields of a LinearDescriptor.paths tuple (as _linear_build writes them), by which _pack_linear
+# picks the table's columns.
+LINEAR_PATH_FIELDS = (
+    "i_in", "i_out", "mul_in", "mul_out", "ir_dim", "off_in", "off_out", "w_off", "coeff",
+)  # fmt: skip
+
+
 def _pack_linear(desc: LinearDescriptor) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [p[2:8] for p in desc.paths]
-    paths = torch.tensor(rows, dtype=torch.int64).reshape(-1, 6)
-    return paths, torch.tensor([p[8] for p in desc.paths], dtype=torch.float64)
+    cols = [LINEAR_PATH_FIELDS.index(c) for c in LINEAR_COLUMNS]
+    coeff = LINEAR_PATH_FIELDS.index("coeff")
+    rows = [[p[i] for i in cols] for p in desc.paths]
+    paths = torch.tensor(rows, dtype=torch.int64).reshape(-1, len(LINEAR_COLUMNS))
+    return paths, torch.tensor([p[coeff] for p in desc.paths], dtype=torch.float64)
 
 
 def _linear_pairs(instructions: Any, ir_in: Any, ir_out: Any) -> list[tuple[int, int]]:

@@ -12,7 +12,16 @@ import torch
 from torch import Tensor
 
 from .cg import sparse_cg
-from .descriptor import MODES, LinearDescriptor, TPDescriptor
+from .descriptor import (
+    MODES,
+    LinCol,
+    LinearDescriptor,
+    PathCol,
+    ScEntryCol,
+    ScMonoCol,
+    ScPairCol,
+    TPDescriptor,
+)
 from .irreps import to_channels
 
 _EINSUM = {  # out block from x1 [B,u,i], x2 [B,v,j], C [i,j,k], per-sample weights
@@ -80,7 +89,8 @@ def spherical_harmonics(
 
 
 def _dense_cg(row: list[int], cg_index: Tensor, cg_value: Tensor, like: Tensor) -> Tensor:
-    l1, l2, l3, begin, end = row[1], row[2], row[3], row[11], row[12]
+    l1, l2, l3 = row[PathCol.l1], row[PathCol.l2], row[PathCol.l3]
+    begin, end = row[PathCol.cg_begin], row[PathCol.cg_end]
     c = torch.zeros(2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1, dtype=like.dtype, device=like.device)
     idx = cg_index[begin:end].to(like.device)
     c[idx[:, 0], idx[:, 1], idx[:, 2]] = cg_value[begin:end].to(like)
@@ -88,7 +98,8 @@ def _dense_cg(row: list[int], cg_index: Tensor, cg_value: Tensor, like: Tensor) 
 
 
 def _path_weight(row: list[int], weights: Tensor, batch: int, like: Tensor) -> Tensor:
-    mode, m1, m2, mo, w_off = MODES[row[0]], row[4], row[5], row[6], row[10]
+    mode, w_off = MODES[row[PathCol.mode]], row[PathCol.w_off]
+    m1, m2, mo = row[PathCol.mul1], row[PathCol.mul2], row[PathCol.mul_out]
     shape = {"uvw": (m1, m2, mo), "uvu": (m1, m2), "uvv": (m1, m2), "uuw": (m1, mo), "uuu": (m1,)}
     shape = shape[mode]
     if w_off < 0:
@@ -106,12 +117,16 @@ def tensor_product_tables(
     batch = x1.shape[0]
     out = x1.new_zeros(batch, dim_out)
     for row in paths.tolist():
-        mode, l1, l2, l3, m1, m2, mo, o1, o2, oo = row[:10]
+        l1, l2, l3 = row[PathCol.l1], row[PathCol.l2], row[PathCol.l3]
+        m1, m2, mo = row[PathCol.mul1], row[PathCol.mul2], row[PathCol.mul_out]
+        o1, o2, oo = row[PathCol.off1], row[PathCol.off2], row[PathCol.off_out]
         a = x1[:, o1 : o1 + m1 * (2 * l1 + 1)].reshape(batch, m1, 2 * l1 + 1)
         b = x2[:, o2 : o2 + m2 * (2 * l2 + 1)].reshape(batch, m2, 2 * l2 + 1)
         c = _dense_cg(row, cg_index, cg_value, x1)
         w = _path_weight(row, weights, batch, x1)
-        block = torch.einsum(_EINSUM[MODES[mode]], a, b, c, w).reshape(batch, mo * (2 * l3 + 1))
+        block = torch.einsum(_EINSUM[MODES[row[PathCol.mode]]], a, b, c, w).reshape(
+            batch, mo * (2 * l3 + 1)
+        )
         out[:, oo : oo + mo * (2 * l3 + 1)] += block
     return out
 
@@ -155,7 +170,9 @@ def linear_tables(
     """e3nn ``Linear`` of 2-D x [B, dim_in]; per-species weight rows when species is given."""
     out = x.new_zeros(x.shape[0], dim_out)
     w_all = weights if species is None else weights[species.long()]
-    for (mi, mo, d, oi, oo, w_off), coeff in zip(paths.tolist(), path_coeff.tolist()):
+    for row, coeff in zip(paths.tolist(), path_coeff.tolist()):
+        mi, mo, d = row[LinCol.mul_in], row[LinCol.mul_out], row[LinCol.ir_dim]
+        oi, oo, w_off = row[LinCol.off_in], row[LinCol.off_out], row[LinCol.w_off]
         xb = x[:, oi : oi + mi * d].reshape(-1, mi, d)
         w = w_all[..., w_off : w_off + mi * mo]
         if species is None:
@@ -186,15 +203,18 @@ def symmetric_contraction_tables(
     """
     n, c = x.shape[0], x.shape[1]
     vals: list[Tensor] = []
-    for parent, var in monomials.tolist():
+    for row in monomials.tolist():
+        parent, var = row[ScMonoCol.parent], row[ScMonoCol.var]
         xv = x[:, :, var]
         vals.append(xv if parent < 0 else vals[parent] * xv)
     mono = torch.stack(vals, dim=1) if vals else x.new_zeros(n, 0, c)  # [N, M, C]
     pairs, entries = pairs.long().to(x.device), entries.long().to(x.device)
-    scaled = coeff.to(weights)[None, :, None] * weights[:, entries[:, 1], :]
-    a = weights.new_zeros(weights.shape[0], pairs.shape[0], c).index_add(1, entries[:, 0], scaled)
-    terms = a[species.long()] * mono[:, pairs[:, 1], :]  # [N, P, C]
-    acc = x.new_zeros(n, out_cols.shape[0], c).index_add(1, pairs[:, 0], terms)
+    scaled = coeff.to(weights)[None, :, None] * weights[:, entries[:, ScEntryCol.k], :]
+    a = weights.new_zeros(weights.shape[0], pairs.shape[0], c).index_add(
+        1, entries[:, ScEntryCol.pair], scaled
+    )
+    terms = a[species.long()] * mono[:, pairs[:, ScPairCol.mono], :]  # [N, P, C]
+    acc = x.new_zeros(n, out_cols.shape[0], c).index_add(1, pairs[:, ScPairCol.out], terms)
     blocks = [acc[:, s : s + d, :].transpose(1, 2).reshape(n, c * d)
               for j, (s, d) in enumerate(out_cols.tolist()) if s == j]  # fmt: skip
     return torch.cat(blocks, dim=1) if blocks else x.new_zeros(n, 0)

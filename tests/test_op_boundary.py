@@ -175,6 +175,8 @@ for name, args in base.items():
 
 # Corrupted descriptor tables, each passed to every op that reads that table.
 _TABLES = """
+from fastcg.descriptor import LINEAR_COLUMNS, MODES, PATH_COLUMNS, LinCol, PathCol
+from fastcg.descriptor import SC_ENTRY_COLUMNS, SC_MONO_COLUMNS, SC_PAIR_COLUMNS
 TP_OPS = ["tensor_product", "tensor_product_backward", "conv", "conv_backward", "conv_radial",
           "conv_radial_backward", "conv_tabulated", "conv_tabulated_backward"]
 TP_TABLES = {  # position of (paths, cg_index, cg_value) and of the weights / dim_out
@@ -210,39 +212,40 @@ def tp_case(case, **kw):
 
 
 paths, cg_index, cg_value = base["tensor_product"][3:6]
-COLS = ["mode", "l1", "l2", "l3", "mul1", "mul2", "mul_out", "off1", "off2", "off_out", "w_off",
-        "cg_begin", "cg_end"]
 HUGE = 2**62  # products and sums with it overflow int64 unless the checks divide first
 # a uvu path with mul2 = 1 (the channel-fastest plan) and a uvw path (per-row or batched)
-FAST = next(q for q in range(len(paths)) if paths[q, 0] == 1 and paths[q, 5] == 1)
-UVW = next(q for q in range(len(paths)) if paths[q, 0] == 0)
+modes = [MODES[m] for m in paths[:, PathCol.mode].tolist()]
+FAST = next(q for q, m in enumerate(modes) if m == "uvu" and paths[q, PathCol.mul2] == 1)
+UVW = modes.index("uvw")
 for row in (FAST, UVW):
-    for c, col in enumerate(COLS):
+    for c, col in enumerate(PATH_COLUMNS):
         values = [10**6, HUGE, -1]
         if col == "w_off" and row == FAST:
             values = [10**6, HUGE]  # w_off < 0 is a valid "no weights" on uvu
         if col == "cg_end":
-            values = [10**6, HUGE, -1, int(paths[row, 11]) - 1]
+            values = [10**6, HUGE, -1, int(paths[row, PathCol.cg_begin]) - 1]
         for value in values:
             p = paths.clone()
             p[row, c] = value
             tp_case(f"paths[{row}, {col}] = {value}", paths=p)
 # the segfault of issue 13: a uvw path without weights
 p = paths.clone()
-p[UVW, 10] = -1
+p[UVW, PathCol.w_off] = -1
 tp_case("uvw path without weights", paths=p)
 p = paths.clone()
-p[FAST, 4], p[FAST, 6] = HUGE, HUGE  # a huge multiplicity on both sides of a uvu path
+# a huge multiplicity on both sides of a uvu path
+p[FAST, PathCol.mul1], p[FAST, PathCol.mul_out] = HUGE, HUGE
 tp_case("uvu mul1 = mul_out = 2^62", paths=p)
 for row in (FAST, UVW):
-    lo, l = int(paths[row, 11]), paths[row, 1:4].tolist()
+    lo = int(paths[row, PathCol.cg_begin])
+    l = paths[row, [PathCol.l1, PathCol.l2, PathCol.l3]].tolist()
     for k in range(3):
         for value in (-1, 2 * l[k] + 1, HUGE):
             ci = cg_index.clone()
             ci[lo, k] = value
             tp_case(f"cg_index[{lo}, {k}] = {value} (path {row})", cg_index=ci)
 tp_case("paths int32", paths=paths.int())
-tp_case("paths 12 columns", paths=paths[:, :12].contiguous())
+tp_case("paths 12 columns", paths=paths[:, : len(PATH_COLUMNS) - 1].contiguous())
 tp_case("paths 1-D", paths=paths.flatten())
 tp_case("paths non-contiguous", paths=paths.t().contiguous().t())
 tp_case("cg_index int32", cg_index=cg_index.int())
@@ -260,7 +263,6 @@ for name in ("conv_radial", "conv_radial_backward"):
     expect_error(f"radial_weight one short / {name}", lambda: getattr(ops, name)(*args))
 
 # linear: paths int64 [P, 6] (mul_in, mul_out, ir_dim, off_in, off_out, w_off), path_coeff [P]
-LIN_COLS = ["mul_in", "mul_out", "ir_dim", "off_in", "off_out", "w_off"]
 lpaths, lcoeff = base["linear"][3:5]
 
 
@@ -284,16 +286,16 @@ def lin_case(case, paths=lpaths, coeff=lcoeff, weights=None, dim_out=None):
                          lambda: getattr(ops, name)(*args))
 
 
-for c, col in enumerate(LIN_COLS):
+for c, col in enumerate(LINEAR_COLUMNS):
     for value in (10**6, HUGE, -1) + ((0,) if col == "ir_dim" else ()):
         p = lpaths.clone()
         p[1, c] = value
         lin_case(f"linear paths[1, {col}] = {value}", paths=p)
 p = lpaths.clone()
-p[0, 0], p[0, 1] = HUGE, HUGE
+p[0, LinCol.mul_in], p[0, LinCol.mul_out] = HUGE, HUGE
 lin_case("linear mul_in = mul_out = 2^62", paths=p)
 lin_case("linear paths int32", paths=lpaths.int())
-lin_case("linear paths 5 columns", paths=lpaths[:, :5].contiguous())
+lin_case("linear paths 5 columns", paths=lpaths[:, : len(LINEAR_COLUMNS) - 1].contiguous())
 lin_case("linear path_coeff one short", coeff=lcoeff[:-1])
 lin_case("linear path_coeff float32", coeff=lcoeff.float())
 lin_case("linear weights one short", weights=lambda w: w[..., :-1].contiguous())
@@ -318,8 +320,8 @@ def sc_case(case, k, table, weights=None):
         expect_error(f"{case} / {name}", lambda: getattr(ops, name)(*args))
 
 
-SC_COLS = {0: ("monomials", ["parent", "var"]), 1: ("pairs", ["out", "monomial"]),
-           2: ("entries", ["pair", "k"]), 4: ("out_cols", ["start", "dim"])}
+SC_COLS = {0: ("monomials", SC_MONO_COLUMNS), 1: ("pairs", SC_PAIR_COLUMNS),
+           2: ("entries", SC_ENTRY_COLUMNS), 4: ("out_cols", ("start", "dim"))}  # fmt: skip
 for k, (tname, cols) in SC_COLS.items():
     t = sc_tables[k]
     for c, col in enumerate(cols):

@@ -32,7 +32,7 @@ enum PathCol : int64_t {
   P_NCOLS
 };
 
-// Columns of the int64 linear path table.
+// Columns of the int64 linear path table (fastcg/descriptor.py LINEAR_COLUMNS).
 enum LinCol : int64_t { L_MUL_IN = 0, L_MUL_OUT, L_IR_DIM, L_OFF_IN, L_OFF_OUT, L_WOFF, L_NCOLS };
 
 // Table checks take any int64 entries (a corrupted table passed to torch.ops.fastcg directly),

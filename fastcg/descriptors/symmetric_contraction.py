@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..descriptor import SC_ENTRY_COLUMNS, SC_MONO_COLUMNS, SC_PAIR_COLUMNS
 from ..irreps import channel_irreps, o3
 
 _ZERO = 1e-12  # symmetrised coefficients below this (relative to max |U|) are rounding residue
@@ -168,8 +169,9 @@ def _pack(terms: dict, ir_out: Any) -> tuple[Tensor, ...]:
     def table(rows: list, width: int) -> Tensor:
         return torch.tensor(rows, dtype=torch.int64).reshape(-1, width)
 
-    return (table(mono_rows, 2), table(pairs, 2), table(entries, 2),
-            torch.tensor(coeff, dtype=torch.float64), table(cols, 2))  # fmt: skip
+    return (table(mono_rows, len(SC_MONO_COLUMNS)), table(pairs, len(SC_PAIR_COLUMNS)),
+            table(entries, len(SC_ENTRY_COLUMNS)), torch.tensor(coeff, dtype=torch.float64),
+            table(cols, 2))  # fmt: skip
 
 
 @functools.cache

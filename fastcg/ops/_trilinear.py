@@ -15,8 +15,11 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from ..descriptor import PathCol
+
 Fwd = Callable[[Tensor, Tensor, Tensor, bool], Tensor]
 Bwd = Callable[[Tensor, Tensor, Tensor, list[bool], bool], tuple[Tensor, Tensor, Tensor]]
+_W_OFF = int(PathCol.w_off)  # a plain int, not an enum member, for code torch.compile traces
 
 
 def _add(acc: Tensor | None, t: Tensor) -> Tensor:
@@ -62,8 +65,8 @@ def double_backward(
 
 
 def weighted_paths(paths: Tensor) -> Tensor:
-    """Rows of a path table that carry a weight (w_off >= 0, column 10)."""
-    return paths[paths[:, 10] >= 0].contiguous()
+    """Rows of a path table that carry a weight (w_off >= 0)."""
+    return paths[paths[:, _W_OFF] >= 0].contiguous()
 
 
 def present(grads: tuple[Tensor | None, ...], mask: list[bool]) -> tuple[Tensor | None, ...]:

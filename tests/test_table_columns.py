@@ -1,0 +1,141 @@
+"""The column names of the int64 descriptor tables: fastcg/descriptor.py's tuples against the
+C++ enums that mirror them (csrc/core/common.h, csrc/core/symmetric_contraction.h).
+
+The C++ name of a Python column is its prefix plus the upper-cased name, except for the few
+abbreviations listed in ``TABLES``; the enum ends with its column count. Any column added,
+removed, renamed or reordered on one side only makes ``_mismatches`` report it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fastcg import descriptor as d
+
+CORE = Path(__file__).resolve().parent.parent / "csrc" / "core"
+ENUM = re.compile(r"\benum\s+(\w+)\s*:\s*\w+\s*\{([^}]*)\}")
+
+# C++ enum -> (header, Python tuple, IntEnum or None, prefix, exceptions, count member or None)
+TABLES = {
+    "Mode": ("common.h", d.MODES, None, "", {}, None),
+    "PathCol": ("common.h", d.PATH_COLUMNS, d.PathCol, "P_",
+                {"mul_out": "P_MULO", "off_out": "P_OFFO", "w_off": "P_WOFF"}, "P_NCOLS"),
+    "LinCol": ("common.h", d.LINEAR_COLUMNS, d.LinCol, "L_", {"w_off": "L_WOFF"}, "L_NCOLS"),
+    "ScMonoCol": ("symmetric_contraction.h", d.SC_MONO_COLUMNS, d.ScMonoCol, "SC_", {},
+                  "SC_MONO_NCOLS"),
+    "ScPairCol": ("symmetric_contraction.h", d.SC_PAIR_COLUMNS, d.ScPairCol, "SC_", {},
+                  "SC_PAIR_NCOLS"),
+    "ScEntryCol": ("symmetric_contraction.h", d.SC_ENTRY_COLUMNS, d.ScEntryCol, "SC_", {},
+                   "SC_ENTRY_NCOLS"),
+}  # fmt: skip
+
+
+def parse_enums(text: str) -> dict[str, list[tuple[str, int]]]:
+    """Every ``enum Name : type { ... }`` of C++ text: its members and their values, in order."""
+    text = re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)  # comments may hold braces
+    enums = {}
+    for name, body in ENUM.findall(text):
+        members, value = [], 0
+        for item in filter(None, (s.strip() for s in body.split(","))):
+            member, _, explicit = (s.strip() for s in item.partition("="))
+            value = int(explicit, 0) if explicit else value
+            members.append((member, value))
+            value += 1
+        enums[name] = members
+    return enums
+
+
+def _mismatches(
+    members: list[tuple[str, int]], columns: tuple[str, ...], prefix: str,
+    exceptions: dict[str, str], count: str | None,
+) -> list[str]:  # fmt: skip
+    """What differs between a C++ enum and the Python column names (empty when they agree)."""
+    problems = [f"unused exception {k!r}" for k in exceptions if k not in columns]
+    expected = [exceptions.get(c, prefix + c.upper()) for c in columns]
+    expected += [count] if count else []
+    names = [m for m, _ in members]
+    if names != expected:
+        problems.append(f"C++ members {names} != {expected} (from Python {columns})")
+    values = [v for _, v in members]
+    if values != list(range(len(members))):
+        problems.append(f"C++ values {values} are not 0, 1, ...")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def enums() -> dict[str, list[tuple[str, int]]]:
+    found: dict[str, list[tuple[str, int]]] = {}
+    for header in sorted({t[0] for t in TABLES.values()}):
+        found.update(parse_enums((CORE / header).read_text()))
+    return found
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_columns_match_cpp(enums, name):
+    _, columns, _, prefix, exceptions, count = TABLES[name]
+    assert name in enums, f"enum {name} not found in csrc/core"
+    assert _mismatches(enums[name], columns, prefix, exceptions, count) == []
+    if count:  # the count member is the tuple's length: the table width on both sides
+        assert dict(enums[name])[count] == len(columns)
+
+
+@pytest.mark.parametrize("name", [n for n, t in TABLES.items() if t[2] is not None])
+def test_int_enums_follow_tuples(name):
+    _, columns, col, *_ = TABLES[name]
+    assert [(m.name, int(m)) for m in col] == [(c, i) for i, c in enumerate(columns)]
+
+
+def test_tables_have_their_widths():
+    ins = [(0, 0, 0, "uvw", True), (1, 1, 0, "uvw", True), (1, 0, 1, "uvu", False)]
+    tp = d.tensor_product_descriptor("2x0e+1x1o", "1x0e+1x1o", "2x0e+1x1o", ins)
+    paths = tp.tensors()[0]
+    assert paths.shape[1] == len(d.PATH_COLUMNS)
+    assert paths[:, d.PathCol.mode].tolist() == [d.MODES.index(p.mode) for p in tp.paths]
+    assert paths[:, d.PathCol.w_off].tolist() == [p.w_off for p in tp.paths]
+    lin = d.linear_descriptor("2x0e+1x1o", "3x0e+1x1o")
+    paths, _ = lin.tensors()
+    assert paths.shape[1] == len(d.LINEAR_COLUMNS)
+    w_off = d.LINEAR_PATH_FIELDS.index("w_off")
+    assert paths[:, d.LinCol.w_off].tolist() == [p[w_off] for p in lin.paths]
+
+
+def test_parser_on_sample():
+    text = """
+    // enum Fake : int { NOT_THIS };
+    enum A : int64_t { X = 0, Y, /* a } brace */ Z, A_NCOLS };
+    enum B : int { P = 2, Q };
+    """
+    assert parse_enums(text) == {"A": [("X", 0), ("Y", 1), ("Z", 2), ("A_NCOLS", 3)],
+                                 "B": [("P", 2), ("Q", 3)]}  # fmt: skip
+
+
+PATH = list(d.PATH_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        PATH + ["extra"],  # added in Python only
+        PATH[:-1],  # removed in Python only
+        ["modes"] + PATH[1:],  # renamed in Python only
+        [PATH[1], PATH[0]] + PATH[2:],  # reordered in Python only
+    ],
+)
+def test_one_sided_changes_are_caught(enums, columns):
+    _, _, _, prefix, exceptions, count = TABLES["PathCol"]
+    assert _mismatches(enums["PathCol"], tuple(columns), prefix, exceptions, count)
+    # the same change made on the C++ side only
+    names = [exceptions.get(c, prefix + c.upper()) for c in columns] + [count]
+    cpp = parse_enums(f"enum PathCol : int64_t {{ {', '.join(names)} }};")["PathCol"]
+    assert _mismatches(cpp, d.PATH_COLUMNS, prefix, exceptions, count)
+
+
+def test_gaps_and_stale_exceptions_are_caught(enums):
+    _, _, _, prefix, exceptions, count = TABLES["PathCol"]
+    # a C++ value skipped (P_L1 = 2) or an exception no column uses
+    skipped = [(m, v + (v > 0)) for m, v in enums["PathCol"]]
+    assert _mismatches(skipped, d.PATH_COLUMNS, prefix, exceptions, count)
+    assert _mismatches(enums["PathCol"], d.PATH_COLUMNS, prefix, {**exceptions, "x": "P_X"}, count)
