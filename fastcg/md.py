@@ -59,14 +59,18 @@ def build_structure(spec: str, seed: int):
 
 
 def build_models(
-    name: str, atomic_numbers: list[int], channels: int, max_ell: int, seed: int
-) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    name: str, atomic_numbers: list[int], channels: int, max_ell: int, seed: int,
+    radial: str = "exact",
+) -> tuple[torch.nn.Module, torch.nn.Module, str]:  # fmt: skip
     """(fastcg model, reference model, reference label), float64, seeded random weights.
 
     ``channels`` / ``max_ell`` size MACE and mace-torch (hidden ``C x 0e + C x 1o``, spherical
     harmonics to ``max_ell``), NequIP and SO3Net (features, lmax) and SchNet (features).
     ``sevennet-0`` is sevenn's trained SevenNet-0 (float32; its sizes are its own).
+    ``radial="tabulated"`` (mace-torch only): ``fastcg.convert(model, radial="tabulated")``.
     """
+    if radial != "exact" and name != "mace-torch":
+        raise ValueError(f"radial={radial!r} needs the mace-torch model, got {name!r}")
     check_model_size(name, channels, max_ell)
     from .models import MODELS
     from .models._reference import default_dtype, reference_twin
@@ -84,7 +88,7 @@ def build_models(
             from .integrations.mace import random_model
 
             ref = random_model(atomic_numbers, channels, max_ell, seed)
-            return convert(ref), ref, "mace-torch (e3nn)"
+            return convert(ref, radial=radial), ref, "mace-torch (e3nn)"
         kwargs = {"mace": {"num_channels": channels, "max_ell": max_ell},
                   "nequip": {"num_features": channels, "lmax": max_ell, "cutoff": 5.0},
                   "schnet": {"num_features": channels},
@@ -246,6 +250,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default="fastcg_md.png", help="PNG path ('' for none)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
+        "--radial",
+        choices=["exact", "tabulated"],
+        default="exact",
+        help="tabulated (mace-torch only): radial MLPs read from cubic Hermite tables, an "
+        "opt-in approximation (max |dF| against the reference is printed)",
+    )
+    p.add_argument(
         "--engine",
         choices=["ase", "torchsim"],
         default="ase",
@@ -359,6 +370,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, o
     except ValueError as e:
         option = "--channels" if str(e).startswith("channels") else "--max-ell"
         p.error(f"argument {option}: {e}")
+    if args.radial != "exact" and args.model != "mace-torch":
+        p.error(f"argument --radial: {args.radial} needs --model mace-torch")
     _check_backend(p, args.backend)
     _check_plot(p, args.plot)
     _check_engine(p, args)
@@ -384,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  rng=np.random.default_rng(args.seed))  # fmt: skip
     numbers = sorted({int(z) for z in atoms.numbers})
     channels, max_ell = (8, 2) if args.small else (args.channels, args.max_ell)
-    fast, ref, ref_label = build_models(name, numbers, channels, max_ell, args.seed)
+    fast, ref, ref_label = build_models(name, numbers, channels, max_ell, args.seed, args.radial)
     fast_calc = FastCGCalculator(fast, dtype=dtype)
     ref_calc = FastCGCalculator(ref, dtype=dtype, cutoff=fast_calc.cutoff)
     n = len(atoms)

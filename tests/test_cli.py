@@ -124,6 +124,8 @@ BAD_MD_OPTIONS = [
     ("--seed", ["--seed", str(2**32)]),
     ("--dtype", ["--dtype", "float16"]),
     ("--model", ["--model", "gpt"]),
+    ("--radial", ["--model", "mace", "--radial", "tabulated"]),  # mace-torch only
+    ("--radial", ["--radial", "spline"]),
     ("--backend", ["--backend", "tpu"]),
     ("--backend", ["--backend", "cuda"]),  # the MD runs on CPU tensors
     ("--structure", ["--structure", "no-such-file.xyz"]),

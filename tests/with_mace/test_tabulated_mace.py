@@ -96,3 +96,17 @@ def test_refused_where_the_radial_is_not_a_function_of_r():
         convert(model, radial="tabulated")
     with pytest.raises(ValueError, match="radial must be"):
         convert(mace_model(INTERACTIONS[0]), radial="spline")
+
+
+def test_fastcg_md_with_a_tabulated_radial(capsys, tmp_path, monkeypatch):
+    """``fastcg md --model mace-torch --radial tabulated``: the job runs and reports its max |dF|
+    against mace-torch (the tables' error)."""
+    from fastcg.md import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model", "mace-torch", "--radial", "tabulated", "--structure", "cu-small", "--small"]
+    argv += ["--steps", "2", "--reference-steps", "1", "--plot", "", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    df = float(out.split("max |dF|")[1].split(":")[1].split()[0])
+    assert 0 < df < 1e-4
