@@ -25,8 +25,9 @@ def convert(model: torch.nn.Module, radial: str = "exact", step: float = 0.01) -
     ``radial="tabulated"`` (opt-in, for MD): the convs read their per-edge weights from cubic
     Hermite tables of the model's radial functions (knots every ``step`` Angstrom, CPU kernel)
     instead of running the radial MLPs: not the same numbers, first derivatives only (forces,
-    stress; no training). The largest error of the tables, absolute and relative to the largest
-    weight, measured between knots, is the copy's ``radial_table_error``. mace-torch models only.
+    stress; no training). The tables hold the parameters of conversion time. The largest error
+    of the tables, absolute and relative to the largest weight, measured between knots, is the
+    copy's ``radial_table_error``. mace-torch models only.
 
     >>> from e3nn import o3
     >>> lin = o3.Linear("2x0e+1x1o", "1x0e")

@@ -180,8 +180,8 @@ def radial_table(
 ) -> RadialTable:  # fmt: skip
     """Tabulate ``fn: r [n] -> weights [n, numel]`` (evaluated in float64) on ``[0, r_max]`` for
     :func:`fastcg.conv_tabulated`: cubic Hermite knots every ``step`` with ``fn``'s exact
-    derivatives (forward-mode AD), so the error is O(step^4); it is measured at the midpoints and
-    returned with the table."""
+    derivatives (autograd), so the error is O(step^4) (O(step^3) for the derivatives); it is
+    measured at the midpoints and returned with the table."""
     if not (r_max > 0 and step > 0):
         raise ValueError(f"r_max and step must be positive, got {r_max}, {step}")
     g = max(1, round(r_max / step))
