@@ -48,6 +48,17 @@ def backend(request):
         yield request.param
 
 
+@pytest.fixture(params=[None, "40"], ids=["one_block", "many_blocks"])
+def chunk(request, monkeypatch):
+    """The conv_radial / conv_tabulated weight blocks (FASTCG_CONV_RADIAL_CHUNK, in weight
+    elements): the default, or a few edges per block (small inputs then take many blocks)."""
+    if request.param is None:
+        monkeypatch.delenv("FASTCG_CONV_RADIAL_CHUNK", raising=False)
+    else:
+        monkeypatch.setenv("FASTCG_CONV_RADIAL_CHUNK", request.param)
+    return request.param
+
+
 @pytest.fixture(params=DTYPES, ids=["float32", "float64"])
 def dtype(request) -> torch.dtype:
     return request.param

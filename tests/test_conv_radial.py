@@ -13,16 +13,6 @@ import fastcg.nn as fnn
 F64 = torch.float64
 
 
-@pytest.fixture(params=[None, "40"], ids=["one_chunk", "many_chunks"])
-def chunk(request, monkeypatch):
-    """The C++ op's chunk size in weight elements: the default, or a few edges per chunk."""
-    if request.param is None:
-        monkeypatch.delenv("FASTCG_CONV_RADIAL_CHUNK", raising=False)
-    else:
-        monkeypatch.setenv("FASTCG_CONV_RADIAL_CHUNK", request.param)
-    return request.param
-
-
 def radial_graph(case, num_nodes, num_edges, dtype, k=5, requires_grad=False, sort=False):
     desc, x, y, _, src, dst = make_graph(case, num_nodes, num_edges, dtype)
     if sort:

@@ -16,16 +16,6 @@ F64 = torch.float64
 STEP, KNOTS = 0.25, 21  # the table covers [0, 5]
 
 
-@pytest.fixture(params=[None, "40"], ids=["one_block", "many_blocks"])
-def chunk(request, monkeypatch):
-    """The CPU kernel's weight block in elements: the default, or one node per block."""
-    if request.param is None:
-        monkeypatch.delenv("FASTCG_CONV_RADIAL_CHUNK", raising=False)
-    else:
-        monkeypatch.setenv("FASTCG_CONV_RADIAL_CHUNK", request.param)
-    return request.param
-
-
 def tabulated_graph(case, num_nodes, num_edges, dtype, requires_grad=False):
     """A random graph, edge lengths inside the table (knots included) and a random table."""
     desc, x, y, _, src, dst = make_graph(case, num_nodes, num_edges, dtype)

@@ -26,22 +26,74 @@ struct ConvArgs {
   bool shared;
 };
 
-ConvArgs check_conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
-                    const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
-                    const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
-                    int64_t dim_out) {
+// The checks every CPU conv shares, around its own weight check (`weights(E)`, which returns
+// the weights per edge): features, edge attributes, indices, descriptor tables.
+template <typename F>
+ConvArgs check_graph(const at::Tensor& x, const at::Tensor& y, const at::Tensor& src,
+                     const at::Tensor& dst, int64_t num_nodes, const at::Tensor& paths,
+                     const at::Tensor& cg_index, const at::Tensor& cg_value, int64_t dim_out,
+                     F&& weights) {
   check_features(x, "x");
   check_like(y, x, "edge_attr");
   TORCH_CHECK(y.dim() == 2, "edge_attr must be 2-D [E, dim2], got shape ", y.sizes());
   const int64_t E = y.size(0), N = x.size(0);
   check_rows(y, E, "edge_attr");
-  check_weights(w, E, x);
+  const int64_t wn = weights(E);
   check_index(src, E, N, "src");
   TORCH_CHECK(num_nodes >= 0, "num_nodes must be >= 0, got ", num_nodes);
   check_index(dst, E, num_nodes, "dst");
   check_tables(paths, cg_index, cg_value);
-  check_paths(paths, cg_index, x.size(1), y.size(1), dim_out, w.size(-1));
-  return {E, N, x.size(1), y.size(1), w.size(-1), w.dim() == 1};
+  check_paths(paths, cg_index, x.size(1), y.size(1), dim_out, wn);
+  return {E, N, x.size(1), y.size(1), wn, false};
+}
+
+ConvArgs check_conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
+                    const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
+                    const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                    int64_t dim_out) {
+  ConvArgs c =
+      check_graph(x, y, src, dst, num_nodes, paths, cg_index, cg_value, dim_out, [&](int64_t E) {
+        check_weights(w, E, x);
+        return w.size(-1);
+      });
+  c.shared = w.dim() == 1;
+  return c;
+}
+
+// The forward of one destination node: the messages of its edges (destination-order positions
+// [t0, t1)) summed into its output row o, the fast paths through the ir_mul accumulator;
+// weight(e) points at edge e's weights.
+template <typename T>
+struct ForwardRows {
+  const TPPlan& pl;
+  const int64_t *p, *ci, *s, *order;
+  const double* cv;
+  const T *a, *aT, *b;
+  int64_t d1, d2, dout;
+
+  template <typename W>
+  void node(int64_t t0, int64_t t1, W&& weight, Scratch<T>& sc, T* o) const {
+    if (t0 == t1) return;
+    std::fill(sc.accT.begin(), sc.accT.end(), T(0));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t e = order[t];
+      const T* we = weight(e);
+      if (!pl.fast.empty())
+        fast_forward(pl, ci, cv, aT + s[e] * pl.in_size, b + e * d2, we, sc.accT.data(), sc);
+      for (int64_t q : pl.generic)
+        tp_path_forward<T>(p + q * P_NCOLS, ci, cv, a + s[e] * d1, b + e * d2, we, o);
+    }
+    add_from_ir_mul(sc.accT.data(), pl.out, o);
+  }
+};
+
+// gx [N, d1] += the ir_mul rows gaT [N, in_size] of the fast paths' grad_x.
+template <typename T>
+void add_ir_mul_rows(const TPPlan& pl, const T* gaT, int64_t N, int64_t d1, T* gx) {
+  if (!pl.in_size) return;
+  at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) add_from_ir_mul(gaT + r * pl.in_size, pl.in, gx + r * d1);
+  });
 }
 
 at::Tensor conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
@@ -54,32 +106,27 @@ at::Tensor conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
   const TPPlan pl = make_plan(paths, cg_index);
   std::vector<int64_t> off, order;
   csr(dst.data_ptr<int64_t>(), c.E, num_nodes, off, order);
-  const int64_t* p = paths.data_ptr<int64_t>();
-  const int64_t* ci = cg_index.data_ptr<int64_t>();
-  const double* cv = cg_value.data_ptr<double>();
-  const int64_t* s = src.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv", [&] {
-    const scalar_t *a = x.data_ptr<scalar_t>(), *b = y.data_ptr<scalar_t>();
+    const scalar_t* a = x.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const auto aT = rows_to_ir_mul(a, c.N, c.d1, pl.in, pl.in_size);
+    const ForwardRows<scalar_t> f{pl,
+                                  paths.data_ptr<int64_t>(),
+                                  cg_index.data_ptr<int64_t>(),
+                                  src.data_ptr<int64_t>(),
+                                  order.data(),
+                                  cg_value.data_ptr<double>(),
+                                  a,
+                                  aT.data(),
+                                  y.data_ptr<scalar_t>(),
+                                  c.d1,
+                                  c.d2,
+                                  dim_out};
+    const auto weight = [&](int64_t e) { return c.shared ? wp : wp + e * c.wn; };
     at::parallel_for(0, num_nodes, 8, [&](int64_t n0, int64_t n1) {
       Scratch<scalar_t> sc(pl, pl.out_size);
-      for (int64_t n = n0; n < n1; ++n) {
-        if (off[n] == off[n + 1]) continue;
-        std::fill(sc.accT.begin(), sc.accT.end(), scalar_t(0));
-        for (int64_t t = off[n]; t < off[n + 1]; ++t) {
-          const int64_t e = order[t];
-          const scalar_t* we = c.shared ? wp : wp + e * c.wn;
-          if (!pl.fast.empty())
-            fast_forward(pl, ci, cv, aT.data() + s[e] * pl.in_size, b + e * c.d2, we,
-                         sc.accT.data(), sc);
-          for (int64_t q : pl.generic)
-            tp_path_forward<scalar_t>(p + q * P_NCOLS, ci, cv, a + s[e] * c.d1, b + e * c.d2, we,
-                                      o + n * dim_out);
-        }
-        add_from_ir_mul(sc.accT.data(), pl.out, o + n * dim_out);
-      }
+      for (int64_t n = n0; n < n1; ++n) f.node(off[n], off[n + 1], weight, sc, o + n * dim_out);
     });
   });
   return out;
@@ -221,13 +268,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
       for_row_blocks<scalar_t>(n1 - n0, (k.gW && c.shared) ? c.wn : 0, k.gW, nodes);
       if (rw) add_to_sources(k, rows.data(), off[n0], off[n1], gaT.data(), gx.data_ptr<scalar_t>());
     }
-    if (mask[0] && pl.in_size) {
-      scalar_t* gxp = gx.data_ptr<scalar_t>();
-      at::parallel_for(0, c.N, 64, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          add_from_ir_mul(gaT.data() + r * pl.in_size, pl.in, gxp + r * c.d1);
-      });
-    }
+    if (mask[0]) add_ir_mul_rows(pl, gaT.data(), c.N, c.d1, gx.data_ptr<scalar_t>());
   });
   return {gx, gy, gw};
 }
@@ -377,30 +418,22 @@ ConvArgs check_weighted(const at::Tensor& x, const at::Tensor& y, const WeightSo
                         const at::Tensor& src, const at::Tensor& dst, int64_t num_nodes,
                         const at::Tensor& paths, const at::Tensor& cg_index,
                         const at::Tensor& cg_value, int64_t dim_out) {
-  check_features(x, "x");
-  check_like(y, x, "edge_attr");
-  TORCH_CHECK(y.dim() == 2, "edge_attr must be 2-D [E, dim2], got shape ", y.sizes());
-  const int64_t E = y.size(0), N = x.size(0);
-  check_rows(y, E, "edge_attr");
-  check_like(w.a, x, w.table ? "r" : "radial");
-  check_like(w.b, x, w.table ? "table" : "radial_weight");
-  TORCH_CHECK(w.a.is_contiguous() && w.b.is_contiguous(), "the weight source must be contiguous");
-  if (w.table) {
-    TORCH_CHECK(w.a.dim() == 1 && w.a.size(0) == E, "r must be [num_edges]");
-    TORCH_CHECK(w.b.dim() == 3 && w.b.size(0) >= 2 && w.b.size(1) == 2,
-                "table must be [G + 1, 2, numel] with G >= 1, got ", w.b.sizes());
-    TORCH_CHECK(std::isfinite(w.step) && w.step > 0, "step must be positive, got ", w.step);
-  } else {
-    TORCH_CHECK(w.a.dim() == 2 && w.a.size(0) == E, "radial must be [num_edges, K]");
-    TORCH_CHECK(w.b.dim() == 2 && w.b.size(0) == w.a.size(1),
-                "radial_weight must be [K, numel] with K = radial.shape[1]");
-  }
-  check_index(src, E, N, "src");
-  TORCH_CHECK(num_nodes >= 0, "num_nodes must be >= 0, got ", num_nodes);
-  check_index(dst, E, num_nodes, "dst");
-  check_tables(paths, cg_index, cg_value);
-  check_paths(paths, cg_index, x.size(1), y.size(1), dim_out, w.numel());
-  return {E, N, x.size(1), y.size(1), w.numel(), false};
+  return check_graph(x, y, src, dst, num_nodes, paths, cg_index, cg_value, dim_out, [&](int64_t E) {
+    check_like(w.a, x, w.table ? "r" : "radial");
+    check_like(w.b, x, w.table ? "table" : "radial_weight");
+    TORCH_CHECK(w.a.is_contiguous() && w.b.is_contiguous(), "the weight source must be contiguous");
+    if (w.table) {
+      TORCH_CHECK(w.a.dim() == 1 && w.a.size(0) == E, "r must be [num_edges]");
+      TORCH_CHECK(w.b.dim() == 3 && w.b.size(0) >= 2 && w.b.size(1) == 2,
+                  "table must be [G + 1, 2, numel] with G >= 1, got ", w.b.sizes());
+      TORCH_CHECK(std::isfinite(w.step) && w.step > 0, "step must be positive, got ", w.step);
+    } else {
+      TORCH_CHECK(w.a.dim() == 2 && w.a.size(0) == E, "radial must be [num_edges, K]");
+      TORCH_CHECK(w.b.dim() == 2 && w.b.size(0) == w.a.size(1),
+                  "radial_weight must be [K, numel] with K = radial.shape[1]");
+    }
+    return w.numel();
+  });
 }
 
 // Per-thread scratch blocks, allocated once per call (a fresh 512 KB vector per block would be
@@ -478,38 +511,33 @@ at::Tensor conv_weighted_cpu(const at::Tensor& x, const at::Tensor& y, const Wei
   // csrc/conv_radial.cpp sorts: a block of nodes' weights are then rows [off[n], off[m])
   TORCH_CHECK(is_identity(order), "conv_weighted_cpu: edges must be sorted by destination");
   const int64_t wblock = weight_block(c.wn), block = std::max(wblock, max_degree(off));
-  const int64_t* p = paths.data_ptr<int64_t>();
-  const int64_t* ci = cg_index.data_ptr<int64_t>();
-  const double* cv = cg_value.data_ptr<double>();
-  const int64_t* s = src.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_weighted", [&] {
     const Weights<scalar_t> wsrc(ws);
-    const scalar_t *a = x.data_ptr<scalar_t>(), *b = y.data_ptr<scalar_t>();
+    const scalar_t* a = x.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const auto aT = rows_to_ir_mul(a, c.N, c.d1, pl.in, pl.in_size);
+    const ForwardRows<scalar_t> f{pl,
+                                  paths.data_ptr<int64_t>(),
+                                  cg_index.data_ptr<int64_t>(),
+                                  src.data_ptr<int64_t>(),
+                                  order.data(),
+                                  cg_value.data_ptr<double>(),
+                                  a,
+                                  aT.data(),
+                                  y.data_ptr<scalar_t>(),
+                                  c.d1,
+                                  c.d2,
+                                  dim_out};
     ThreadBlocks<scalar_t> tb(block * c.wn, false);
     at::parallel_for(0, num_nodes, 8, [&](int64_t n0, int64_t n1) {
       Scratch<scalar_t> sc(pl, pl.out_size);
       scalar_t* wb = tb.get(tb.w);
       for (int64_t n = n0; n < n1;) {
-        const int64_t mm = block_end(off, n, n1, wblock), e0 = off[n];
-        wsrc.make(e0, off[mm], wb);
-        for (int64_t v = n; v < mm; ++v) {
-          if (off[v] == off[v + 1]) continue;
-          std::fill(sc.accT.begin(), sc.accT.end(), scalar_t(0));
-          for (int64_t t = off[v]; t < off[v + 1]; ++t) {
-            const int64_t e = t;
-            const scalar_t* we = wb + (e - e0) * c.wn;
-            if (!pl.fast.empty())
-              fast_forward(pl, ci, cv, aT.data() + s[e] * pl.in_size, b + e * c.d2, we,
-                           sc.accT.data(), sc);
-            for (int64_t q : pl.generic)
-              tp_path_forward<scalar_t>(p + q * P_NCOLS, ci, cv, a + s[e] * c.d1, b + e * c.d2, we,
-                                        o + v * dim_out);
-          }
-          add_from_ir_mul(sc.accT.data(), pl.out, o + v * dim_out);
-        }
-        n = mm;
+        const int64_t m = block_end(off, n, n1, wblock), e0 = off[n];
+        wsrc.make(e0, off[m], wb);
+        const auto weight = [&](int64_t e) { return wb + (e - e0) * c.wn; };
+        for (int64_t v = n; v < m; ++v) f.node(off[v], off[v + 1], weight, sc, o + v * dim_out);
+        n = m;
       }
     });
   });
@@ -598,13 +626,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_weighted_backwar
       for_row_blocks<scalar_t>(n1 - n0, width, mask[3] ? gb.data_ptr<scalar_t>() : nullptr, nodes);
       if (rw) add_to_sources(k, rows.data(), off[n0], off[n1], gaT.data(), gx.data_ptr<scalar_t>());
     }
-    if (mask[0] && pl.in_size) {
-      scalar_t* gxp = gx.data_ptr<scalar_t>();
-      at::parallel_for(0, c.N, 64, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          add_from_ir_mul(gaT.data() + r * pl.in_size, pl.in, gxp + r * c.d1);
-      });
-    }
+    if (mask[0]) add_ir_mul_rows(pl, gaT.data(), c.N, c.d1, gx.data_ptr<scalar_t>());
   });
   return {gx, gy, ga, gb};
 }
