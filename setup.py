@@ -18,6 +18,8 @@ CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 # No GPU at build time: without a list torch would compile for every architecture it knows.
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+# One compile per core: ninja's default (cores + 2) makes the long files share a core.
+os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
 
 
 def env_flag(name: str) -> bool:
@@ -52,8 +54,14 @@ def cuda_includes() -> list[str]:
     return [p for r in roots for p in glob.glob(os.path.join(r, "cu*", "include"))]
 
 
+# The slowest files to compile, started first: ninja takes edges in this order, and on a 2-core
+# machine the last long file to start sets the build's end (the high-lmax harmonics take ~3 min).
+SLOW_FIRST = ("csrc/cpu/spherical_harmonics_high.cpp", "csrc/cpu/spherical_harmonics.cpp")
+
+
 def extension():
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    found = glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
+    sources = [s for s in SLOW_FIRST if s in found] + sorted(set(found) - set(SLOW_FIRST))
     kwargs = dict(
         name="fastcg._C",
         include_dirs=[os.path.abspath("csrc")],

@@ -7,8 +7,12 @@
 // the result is what fastcg::conv gives (same kernels, same order of sums). Device-agnostic:
 // each chunk calls the fastcg::conv / conv_backward kernels of the inputs' device; on the CPU,
 // cpu/conv.cpp's conv_weighted kernels make the weights per thread block instead (L2-sized).
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/bincount.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include "cpu/conv_radial.h"
@@ -95,7 +99,7 @@ Chunks sorted_edges(const Tensor& edge_attr, const Tensor& radial, const Tensor&
                     const Tensor& dst) {
   Chunks c;
   const int64_t E = dst.size(0);
-  const bool sorted = E < 2 || (dst.slice(0, 1) >= dst.slice(0, 0, E - 1)).all().item<bool>();
+  const bool sorted = E < 2 || dst.slice(0, 1).ge(dst.slice(0, 0, E - 1)).all().item<bool>();
   if (sorted) {
     c.src = src, c.dst = dst, c.edge_attr = edge_attr.contiguous(), c.radial = radial.contiguous();
   } else {
@@ -177,7 +181,7 @@ Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radia
     const Tensor w = c.weights(e0, e1, radial_weight, buf);
     rows(out, n0, n1)
         .copy_(op.call(x, rows(c.edge_attr, e0, e1), w, rows(c.src, e0, e1),
-                       rows(c.dst, e0, e1) - n0, n1 - n0, paths, cg_index, cg_value, dim_out));
+                       rows(c.dst, e0, e1).sub(n0), n1 - n0, paths, cg_index, cg_value, dim_out));
   }
   return out;
 }
@@ -216,7 +220,7 @@ Tensor4 conv_radial_backward(const Tensor& grad_out, const Tensor& x, const Tens
       const Tensor w = c.weights(e0, e1, radial_weight, buf);
       const auto [gx_k, gy_k, gw_k] =
           op.call(rows(g, n0, n1), x, rows(c.edge_attr, e0, e1), w, rows(c.src, e0, e1),
-                  rows(c.dst, e0, e1) - n0, paths, cg_index, cg_value, inner);
+                  rows(c.dst, e0, e1).sub(n0), paths, cg_index, cg_value, inner);
       if (mask[0]) gx.add_(gx_k);
       if (mask[1]) rows(gy, e0, e1).copy_(gy_k);
       if (mask[2]) {

@@ -3,8 +3,13 @@
 // node's sum runs over its edges in input order on one thread: results do not depend on threads.
 // uvu paths with a single-channel edge operand (spherical harmonics) run channel-fastest on an
 // ir_mul copy of x (cpu/utils.h TPPlan); other paths run core/tp.h on the mul_ir rows.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <array>

@@ -3,7 +3,8 @@
 // cubic Hermite table of the weights as a function of the edge length (conv_tabulated). Edges
 // must be in destination order (csrc/conv_radial.cpp sorts them).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <tuple>

@@ -1,7 +1,10 @@
 // CPU equivariant linear: one GEMM per path (and per species group) through ATen. A block
 // [B, mul, d] is used as a [B*d, mul] matrix so each path is a single at::mm whatever d is
 // (a broadcast matmul over B would run B tiny GEMMs).
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <array>

@@ -1,7 +1,9 @@
 // CPU scatter_sum: rows grouped by index (stable counting sort), one output row per task, summed
 // in input order: the result does not depend on the thread count.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <vector>

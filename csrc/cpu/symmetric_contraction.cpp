@@ -4,8 +4,10 @@
 // per-species matrix A = coeff * weights stays in cache and the weight gradient of a chunk only
 // touches the few species it holds. Inside a chunk the channel block (W lanes) is the outer loop:
 // A[:, block] and the monomial lanes fit in L1/L2. Results do not depend on the thread count.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -1,8 +1,11 @@
 // CPU tensor product. uvu paths with a single-channel x2 block run channel-fastest on an ir_mul
 // copy of each row (cpu/utils.h TPPlan); uvw paths with shared weights run as batched GEMMs
 // (at::einsum); other paths run core/tp.h on the mul_ir rows, rows in parallel.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/einsum.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <array>
@@ -49,9 +52,9 @@ PathBlocks path_blocks(const int64_t* p, const at::Tensor& x1, const at::Tensor&
                        const at::Tensor& cg_value) {
   const int64_t d1 = 2 * p[P_L1] + 1, d2 = 2 * p[P_L2] + 1, d3 = 2 * p[P_L3] + 1, B = x1.size(0);
   auto rows = cg_index.narrow(0, p[P_CG_BEGIN], p[P_CG_END] - p[P_CG_BEGIN]);
-  auto flat = (rows.select(1, 0) * d2 + rows.select(1, 1)) * d3 + rows.select(1, 2);
+  auto flat = rows.select(1, 0).mul(d2).add(rows.select(1, 1)).mul(d3).add(rows.select(1, 2));
   auto cg = at::zeros({d1 * d2 * d3}, cg_value.options())
-                .index_put_({flat}, cg_value.narrow(0, p[P_CG_BEGIN], rows.size(0)), true)
+                .index_add_(0, flat, cg_value.narrow(0, p[P_CG_BEGIN], rows.size(0)))
                 .view({d1, d2, d3})
                 .to(x1.scalar_type());
   return {x1.narrow(1, p[P_OFF1], p[P_MUL1] * d1).view({B, p[P_MUL1], d1}),

@@ -1,8 +1,11 @@
 // Shared helpers of the CPU kernels: table checks, CSR grouping, deterministic reductions, and
 // the channel-fastest plan of the tensor-product kernels.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <algorithm>
 #include <vector>
