@@ -1,4 +1,6 @@
-"""Generate csrc/core/sh.h: real spherical harmonics (e3nn's basis) with derivatives, l <= LMAX.
+"""Generate csrc/core/sh.h and fastcg/triton/_sh_generated.py: spherical harmonics, l <= LMAX.
+
+Real spherical harmonics in e3nn's basis, with their derivatives.
 
 The harmonics are homogeneous polynomials built by the recursion
     Y_{l+1}[m] = s_l * sum_{i,j} C[i, j, m] * Y_l[i] * r_j,   C = e3nn.o3.wigner_3j(l, 1, l + 1),
@@ -14,8 +16,17 @@ hessian to dY_l. The emitted functions are straight-line code over that list:
     sh_jvp              out[m] = sum_k dY_m/dr_k d_k        (double backward: grad of grad_sh)
     sh_jvp_transpose    Wc[i] such that sum_m G[m] H_m d = sh_vjp(Wc)  (double backward)
 
-    python tools/gen_sh.py          # writes csrc/core/sh.h
-    python tools/gen_sh.py --check  # exits 1 if the committed file differs (CI)
+The same term lists are emitted a second time as Triton helpers (fastcg/triton/_sh_generated.py),
+one level per function, on per-lane tensors (a block of vectors is one Triton tensor, so no lane
+arrays): ``_poly{l}`` is the bilinear form B_l(Y_l, a)[m] = sum c Y_l[i] a_j, which gives
+Y_{l+1} = B_l(Y_l, r) and the jvp dY_{l+1}/dr . d = (l + 1) B_l(Y_l, d); ``_vjp{l}`` is the level's
+part of sh_vjp. The double backward needs no jvp_transpose there: sh_vjp is linear in Y, so its
+derivative along d, sum_m G[m] H_m d, is sh_vjp with Y replaced by the jvp P (see
+fastcg/triton/spherical_harmonics.py). Coefficients are built with ``tl.full(.., dtype)``, exact in
+float64, where a bare float literal would be typed float32.
+
+    python tools/gen_sh.py          # writes csrc/core/sh.h and fastcg/triton/_sh_generated.py
+    python tools/gen_sh.py --check  # exits 1 if either committed file differs (CI)
 """
 
 import argparse
@@ -28,7 +39,9 @@ from pathlib import Path
 import torch
 
 LMAX = 8
-OUT = Path(__file__).resolve().parent.parent / "csrc" / "core" / "sh.h"
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "csrc" / "core" / "sh.h"
+OUT_TRITON = ROOT / "fastcg" / "triton" / "_sh_generated.py"
 XYZ = "xyz"
 PAIRS = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]  # hessian storage order
 
@@ -36,7 +49,7 @@ Term = tuple[int, int, int, float]  # (i in Y_l, j in xyz, m in Y_{l+1}, coeffic
 
 
 def o3():
-    sys.path.insert(0, str(OUT.parent.parent.parent))
+    sys.path.insert(0, str(ROOT))
     from fastcg.irreps import o3 as load
 
     return load()
@@ -254,20 +267,169 @@ def generate() -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Triton emitter: the same term lists, one level per @triton.jit helper on per-lane tensors.
+
+WIDTH = 100  # ruff's line length: the emitted code is already in ruff's format
+
+
+def level_constants(l: int) -> dict[float, int]:
+    """|coefficient| -> index in level l's constant tuple (signs are written in the code)."""
+    out: dict[float, int] = {}
+    for terms in by_m(l):
+        for *_, c in terms:
+            out.setdefault(abs(c), len(out))
+    return out
+
+
+Part = tuple[int, str]  # (sign, "K[a] * ..."): one group of a sum
+
+
+def grouped(terms: list[tuple[float, str]], kidx: dict[float, int]) -> list[Part]:
+    """sum c * product as groups sharing |c|: one multiply by the constant per group."""
+    groups: dict[float, list[tuple[int, str]]] = {}
+    for c, prod in terms:
+        groups.setdefault(abs(c), []).append((1 if c > 0 else -1, prod))
+    parts = []
+    for a, members in groups.items():
+        s0, inner = members[0]
+        for s, prod in members[1:]:
+            inner += (" + " if s == s0 else " - ") + prod
+        k = f"K[{kidx[a]}]"
+        parts.append((s0, f"{k} * {inner}" if len(members) == 1 else f"{k} * ({inner})"))
+    return parts
+
+
+def assign(name: str, parts: list[Part]) -> list[str]:
+    """``name = sum of parts`` as statements within WIDTH (``+=`` / ``-=`` continue a sum)."""
+    lines: list[str] = []
+    chunk: list[Part] = []
+
+    def text(chunk: list[Part]) -> str:
+        flip = -1 if lines and chunk[0][0] < 0 else 1  # continue with -= on a negative group
+        body = ""
+        for n, (s, p) in enumerate(chunk):
+            s *= flip
+            body += (p if s > 0 else "-" + p) if n == 0 else (" + " if s > 0 else " - ") + p
+        op = "=" if not lines else ("-=" if flip < 0 else "+=")
+        return f"    {name} {op} {body}"
+
+    for part in parts:
+        if chunk and len(text([*chunk, part])) > WIDTH:
+            lines.append(text(chunk))
+            chunk = []
+        chunk.append(part)
+    lines.append(text(chunk))
+    return lines
+
+
+def triton_constants(l: int) -> list[str]:
+    """``_k{l}(T)``: the level's |coefficients| as scalars of dtype T."""
+    values = [f"tl.full((), {a!r}, T)" for a in level_constants(l)]
+    body = (
+        [f"    return ({values[0]},)"]
+        if len(values) == 1
+        else ["    return (", *[f"        {v}," for v in values], "    )"]
+    )
+    return [
+        "@triton.jit",
+        f"def _k{l}(T: tl.constexpr):",
+        f'    """|coefficients| of level {l} -> {l + 1} in dtype T."""',
+        *body,
+    ]
+
+
+def triton_poly(l: int) -> list[str]:
+    """``_poly{l}``: n[m] = B_l(Y, (x, y, z))[m] = sum c Y[i] a_j (Y_{l+1}, or a jvp)."""
+    kidx, lines = level_constants(l), []
+    for m, terms in enumerate(by_m(l)):
+        lines += assign(f"n{m}", grouped([(c, f"Y[{i}] * {XYZ[j]}") for i, j, _, c in terms], kidx))
+    return [
+        "@triton.jit",
+        f"def _poly{l}(Y, x, y, z):",
+        f'    """B_{l}(Y, (x, y, z)): Y_{l + 1} from Y = Y_{l}, or the jvp at {l + 1} d."""',
+        f"    K = _k{l}(x.dtype)",
+        *lines,
+        "    return " + ", ".join(f"n{m}" for m in range(2 * l + 3)),
+    ]
+
+
+def triton_vjp(l: int) -> list[str]:
+    """``_vjp{l}``: (vx, vy, vz) += sum_m G[m] dY_{l+1}[m]/dr = (l + 1) sum c G[m] Y_l[i] e_j."""
+    kidx, lines = level_constants(l), []
+    for j, axis in enumerate(XYZ):
+        terms = [(c, f"G[{m}] * Y[{i}]") for i, jj, m, c in recursion_terms(l) if jj == j]
+        lines += assign(f"a{axis}", grouped(terms, kidx))
+    f = "" if l == 0 else f"{l + 1}.0 * "
+    return [
+        "@triton.jit",
+        f"def _vjp{l}(Y, G, vx, vy, vz):",
+        f'    """(vx, vy, vz) + sum_m G[m] dY_{l + 1}[m]/dr from Y = Y_{l} and G = G_{l + 1}."""',
+        f"    K = _k{l}(Y[0].dtype)",
+        *lines,
+        f"    return vx + {f}ax, vy + {f}ay, vz + {f}az",
+    ]
+
+
+def triton_dispatch(name: str, args: str, doc: str) -> list[str]:
+    """``name(.., L)`` calls ``name{L}``: one static branch per level, resolved when compiling."""
+    lines = [
+        "@triton.jit",
+        f"def {name}({args}, L: tl.constexpr):",
+        f'    """{doc}"""',
+        f'    tl.static_assert(L < {LMAX}, "levels above LMAX are not generated")',
+    ]
+    for l in range(LMAX):
+        lines += [
+            f"    {'if' if l == 0 else 'elif'} L == {l}:",
+            f"        return {name}{l}({args})",
+        ]
+    return lines
+
+
+TRITON_HEADER = '''\
+# GENERATED by tools/gen_sh.py -- do not edit; CI fails on drift.
+"""Real spherical harmonics in e3nn's basis ("component"), one recursion level per helper.
+
+The recursion of csrc/core/sh.h, Y_{l+1}[m] = sum c Y_l[i] r_j, on per-lane tensors (one block of
+vectors): ``_poly(Y, x, y, z, l)`` is the bilinear form B_l(Y_l, (x, y, z)), which gives Y_{l+1}
+and the jvp (l + 1) B_l(Y_l, d); ``_vjp(Y, G, vx, vy, vz, l)`` adds sum_m G_{l+1}[m] dY_{l+1}[m]/dr.
+A level is a tuple of tensors. Coefficients come from ``_k{l}(dtype)``: ``tl.full`` is exact in
+float64, where a bare float literal would be typed float32.
+"""
+
+import triton
+import triton.language as tl
+
+LMAX = %d
+'''
+
+
+def generate_triton() -> str:
+    funcs = []
+    for l in range(LMAX):
+        funcs += [triton_constants(l), triton_poly(l), triton_vjp(l)]
+    funcs.append(triton_dispatch("_poly", "Y, x, y, z", "Y_{L+1} = B_L(Y, (x, y, z)), Y = Y_L."))
+    funcs.append(triton_dispatch("_vjp", "Y, G, vx, vy, vz", "(vx, vy, vz) + G . dY_{L+1}/dr."))
+    return TRITON_HEADER % LMAX + "".join("\n\n" + "\n".join(f) + "\n" for f in funcs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if csrc/core/sh.h is stale")
+    parser.add_argument("--check", action="store_true", help="fail if a generated file is stale")
     args = parser.parse_args()
-    text = generate()
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT} is out of date: run python tools/gen_sh.py", file=sys.stderr)
-            return 1
-        print(f"{OUT.name} is up to date")
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT} ({len(text.splitlines())} lines)")
-    return 0
+    stale = 0
+    for out, text in ((OUT, generate()), (OUT_TRITON, generate_triton())):
+        if args.check:
+            if not out.exists() or out.read_text() != text:
+                print(f"{out} is out of date: run python tools/gen_sh.py", file=sys.stderr)
+                stale = 1
+            else:
+                print(f"{out.name} is up to date")
+        else:
+            out.write_text(text)
+            print(f"wrote {out} ({len(text.splitlines())} lines)")
+    return stale
 
 
 if __name__ == "__main__":
