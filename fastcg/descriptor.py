@@ -151,9 +151,28 @@ class TPDescriptor:
         # never traces the packing (or e3nn's wigner_3j behind it).
         object.__setattr__(self, "_tables", _pack(self))
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(paths int64 [P, 13] (PATH_COLUMNS), cg_index int64 [NNZ, 3], cg_value float64 [NNZ])."""
-        return self._tables
+    def tensors(
+        self, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(paths int64 [P, 13] (PATH_COLUMNS), cg_index int64 [NNZ, 3], cg_value float64 [NNZ]),
+        on ``device`` when given (copied once per device)."""
+        return tables_on(self, self._tables, device)
+
+
+def tables_on(owner: Any, tables: tuple, device: torch.device | str | None) -> tuple:
+    """``tables`` on ``device``, copied once per device and kept by ``owner`` (a descriptor).
+
+    The functional ops pass a descriptor's tables every call: the same tensors each time, so the
+    Triton launchers find their plans by the tensors' identity instead of reading them again (a
+    device-to-host copy on a GPU) and no host-to-device copy is made per call.
+    """
+    if device is None or all(t.device == torch.device(device) for t in tables):
+        return tables
+    key = torch.device(device)
+    cache = owner.__dict__.setdefault("_tables_on", {})  # frozen dataclass: not a field
+    if key not in cache:
+        cache[key] = tuple(t.to(key) for t in tables)
+    return cache[key]
 
 
 def _pack(desc: TPDescriptor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -422,9 +441,12 @@ class LinearDescriptor:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tables", _pack_linear(self))  # see TPDescriptor
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(paths int64 [P, 6] with LINEAR_COLUMNS, path_coeff float64 [P])."""
-        return self._tables
+    def tensors(
+        self, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(paths int64 [P, 6] with LINEAR_COLUMNS, path_coeff float64 [P]), on ``device`` when
+        given (copied once per device)."""
+        return tables_on(self, self._tables, device)
 
     @property
     def bias_numel(self) -> int:

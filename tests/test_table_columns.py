@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastcg import descriptor as d
 
@@ -139,3 +140,24 @@ def test_gaps_and_stale_exceptions_are_caught(enums):
     skipped = [(m, v + (v > 0)) for m, v in enums["PathCol"]]
     assert _mismatches(skipped, d.PATH_COLUMNS, prefix, exceptions, count)
     assert _mismatches(enums["PathCol"], d.PATH_COLUMNS, prefix, {**exceptions, "x": "P_X"}, count)
+
+
+def test_tables_on_a_device_are_copied_once():
+    """descriptor.tensors(device): one copy per device, the same tensors on every later call
+    (the Triton plan caches key on their identity), the originals for the tables' own device."""
+    import fastcg
+    from fastcg.descriptor import linear_descriptor
+    from fastcg.descriptors.symmetric_contraction import symmetric_contraction_descriptor
+
+    tp = fastcg.tensor_product_descriptor("1x1o", "1x1o", "1x0e", [(0, 0, 0, "uuu", False)])
+    lin = linear_descriptor("2x0e + 1x1o", "3x0e + 1x1o")
+    sc = symmetric_contraction_descriptor("1x0e + 1x1o", "1x0e", 2)
+    for desc in (tp, lin, sc):
+        cpu = desc.tensors()
+        assert desc.tensors("cpu") is cpu
+        meta = desc.tensors("meta")
+        assert all(t.device.type == "meta" for t in meta)
+        assert [t.shape for t in meta] == [t.shape for t in cpu]
+        again = desc.tensors(torch.device("meta"))
+        assert all(a is b for a, b in zip(again, meta))
+        assert desc.tensors() is cpu

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..descriptor import SC_ENTRY_COLUMNS, SC_MONO_COLUMNS, SC_PAIR_COLUMNS
+from ..descriptor import SC_ENTRY_COLUMNS, SC_MONO_COLUMNS, SC_PAIR_COLUMNS, tables_on
 from ..irreps import channel_irreps, o3
 
 _ZERO = 1e-12  # symmetrised coefficients below this (relative to max |U|) are rounding residue
@@ -50,10 +50,13 @@ class SymmetricContractionDescriptor:
         rows = [k for ks in self.num_params for k in ks]
         return sum(rows[: sum(len(ks) for ks in self.num_params[:i_out]) + nu - 1])
 
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def tensors(
+        self, device: torch.device | str | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(monomials int64 [M, 2], pairs int64 [P, 2], entries int64 [E, 2], coeff float64 [E],
-        out_cols int64 [dim_out, 2]); see csrc/core/symmetric_contraction.h."""
-        return self.tables  # type: ignore[return-value]
+        out_cols int64 [dim_out, 2]); see csrc/core/symmetric_contraction.h. On ``device`` when
+        given (copied once per device)."""
+        return tables_on(self, self.tables, device)  # type: ignore[return-value]
 
 
 def _wigner_nj(irreps_list: list, filter_ir_mid: list | None, last: Any) -> list:

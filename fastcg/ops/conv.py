@@ -171,7 +171,7 @@ def conv(
     Edges point from ``src`` (sender) to ``dst`` (receiver). Per-edge messages are never
     materialised; the result does not depend on the thread count.
     """
-    tables = tuple(t.to(x.device) for t in descriptor.tensors())
+    tables = descriptor.tensors(x.device)
     d = descriptor
     return conv_tables(
         x, edge_attr, weights, src, dst, num_nodes, *tables, d.dim1, d.dim2, d.dim_out,
@@ -190,7 +190,7 @@ def conv_radial(
     ``[K, weight_numel]`` (its last, linear layer). The fastcg kernels run the product in chunks
     of destination nodes; the reference and Triton backends form the weights whole.
     """
-    tables = tuple(t.to(x.device) for t in descriptor.tensors())
+    tables = descriptor.tensors(x.device)
     d = descriptor
     return conv_radial_tables(
         x, edge_attr, radial, radial_weight, src, dst, num_nodes, *tables, d.dim1, d.dim2,
@@ -210,7 +210,7 @@ def conv_tabulated(
     derivatives only (in ``x``, ``edge_attr`` and ``r``): an approximation for MD, never for
     training. Lengths outside ``[0, G step]`` are an error (NaN rows on a GPU).
     """
-    tables = tuple(t.to(x.device) for t in descriptor.tensors())
+    tables = descriptor.tensors(x.device)
     d = descriptor
     return conv_tabulated_tables(
         x, edge_attr, r, table, step, src, dst, num_nodes, *tables, d.dim1, d.dim2, d.dim_out,

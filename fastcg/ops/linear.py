@@ -70,7 +70,7 @@ def linear(
     With ``species`` ([batch] integers), ``weights`` is ``[num_species, weight_numel]`` and each
     row of x uses its species' weights (MACE's element-dependent linears).
     """
-    paths, coeff = (t.to(x.device) for t in descriptor.tensors())
+    paths, coeff = descriptor.tensors(x.device)
     d = descriptor
     return linear_tables(x, weights, species, paths, coeff, d.dim_in, d.dim_out, d.weight_numel)
 

@@ -82,7 +82,7 @@ def symmetric_contraction(
         if weights.dim() != 3:
             raise ValueError(f"weights must be 3-D, got shape {list(weights.shape)}")
         x = to_channels(x, descriptor.irreps_in, weights.shape[2])
-    tables = [t.to(x.device) for t in descriptor.tensors()]
+    tables = descriptor.tensors(x.device)
     d = descriptor
     return symmetric_contraction_tables(x, species, weights, *tables, d.dim_in, d.weight_numel)
 

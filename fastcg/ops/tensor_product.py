@@ -86,7 +86,7 @@ def tensor_product(
     >>> fastcg.tensor_product(torch.ones(3), torch.ones(3), None, d)
     tensor([1.7321])
     """
-    tables = tuple(t.to(x1.device) for t in descriptor.tensors())
+    tables = descriptor.tensors(x1.device)
     d = descriptor
     return tensor_product_tables(
         x1, x2, weights, *tables, d.dim1, d.dim2, d.dim_out, d.weight_numel

@@ -6,6 +6,9 @@ same kernel with the weight transposed (strides swapped). The weight gradient is
 rows; one program owns a [BU, BW] tile of one species' weights and walks that species' rows in a
 fixed order (rows sorted by species through a permutation), so it needs no atomics and is
 deterministic.
+
+The paths and coefficients of a descriptor are read once per table tensors (``PLANS``, see
+``fastcg.triton.tensor_product.PlanCache``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .tensor_product import _pow2, acc_dtype, interpreting
+from ..descriptor import LinCol
+from .tensor_product import PlanCache, _pow2, acc_dtype, interpreting, rows_of
 
 
 @triton.jit
@@ -96,16 +100,32 @@ class LinearPath:
     w_off: int
 
 
+LinearPlan = tuple[tuple[LinearPath, ...], Tensor]  # paths, coefficients [P] on the device
+
+
 @functools.lru_cache(maxsize=256)
-def _plan_cached(rows: tuple, coeff: tuple, dtype, device) -> tuple[tuple[LinearPath, ...], Tensor]:
-    paths = tuple(LinearPath(*r) for r in rows)
+def _plan_cached(rows: tuple, coeff: tuple, dtype, device) -> LinearPlan:
+    paths = tuple(
+        LinearPath(r[LinCol.mul_in], r[LinCol.mul_out], r[LinCol.ir_dim], r[LinCol.off_in],
+                   r[LinCol.off_out], r[LinCol.w_off])
+        for r in rows
+    )  # fmt: skip
     return paths, torch.tensor(coeff, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
-def _plan(paths: Tensor, path_coeff: Tensor, dtype, device):
-    rows = tuple(tuple(r) for r in paths.cpu().tolist())
+def _read_plan(tables: tuple[Tensor, ...], extra: tuple) -> LinearPlan:
+    paths, path_coeff = tables
     coeff = tuple(path_coeff.cpu().to(torch.float64).tolist())
-    return _plan_cached(rows, coeff, acc_dtype(dtype), torch.device(device))
+    dtype, device = extra
+    return _plan_cached(rows_of(paths), coeff, dtype, torch.device(device))
+
+
+PLANS: PlanCache[LinearPlan] = PlanCache(_read_plan)
+
+
+def _plan(paths: Tensor, path_coeff: Tensor, dtype, device) -> LinearPlan:
+    """Launch plan of a descriptor's tables for inputs of ``dtype`` on ``device`` (``PLANS``)."""
+    return PLANS.get((paths, path_coeff), (acc_dtype(dtype), device))
 
 
 def _blocks(mul_out: int, d: int) -> tuple[int, int]:
@@ -155,7 +175,8 @@ def _weight_grad(lp, coeff: Tensor, x: Tensor, g: Tensor, w: Tensor, species) ->
         return dw.to(w.dtype)
     if species is None:
         perm = torch.arange(nrows, device=x.device)
-        seg = torch.tensor([0, nrows], device=x.device)
+        # [0, nrows] without a host-to-device copy (torch.tensor would make one every call)
+        seg = torch.arange(0, nrows + 1, nrows, device=x.device)
     else:
         keys, perm = torch.sort(species, stable=True)
         bounds = torch.arange(w.shape[0] + 1, device=x.device, dtype=keys.dtype)

@@ -3,10 +3,10 @@
 Every order is a sum of "terms" over the descriptor's pairs (output column j, monomial n), each
 term being ``coef * A[species, a, c] * [grad_out[j, c]] * f_1 * ... * f_DEG`` with factors
 ``x[i, c]``, ``ggx[i, c]`` or 1. The host derives one term table per order from the descriptor
-(cached by content), in the spirit of a derived descriptor: the input gradient lists, for each
-input variable i, the monomials containing i with i removed; the double backward replaces one
-factor by the tangent ggx (Hessian-vector product) or uses ``A`` of grad_grad_weights. So two
-kernels serve all three orders:
+(cached by the table tensors, then by content: ``PLANS``), in the spirit of a derived
+descriptor: the input gradient lists, for each input variable i, the monomials containing i with
+i removed; the double backward replaces one factor by the tangent ggx (Hessian-vector product) or
+uses ``A`` of grad_grad_weights. So two kernels serve all three orders:
 
 - ``_sc_rows_kernel``: one program per (chunk of <= BN nodes of one species, channel block);
   for each output row (a column of the output, or an input variable for gradients) it walks that
@@ -25,7 +25,6 @@ their final layout (mul_ir for the output and its cotangent, [N, C, D] for x).
 from __future__ import annotations
 
 import functools
-import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -34,7 +33,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .tensor_product import _pow2, acc_dtype, interpreting
+from ..descriptor import ScEntryCol, ScMonoCol, ScPairCol
+from .tensor_product import PlanCache, _pow2, acc_dtype, interpreting, rows_of
 
 ROW_COLS = tl.constexpr(5)  # rows table: first term, end term, column base (x C), offset, stride
 
@@ -253,24 +253,33 @@ class Plan:
         return m.to(device=self.device, dtype=self.dtype)
 
     def reducer(self, t: Terms) -> Tensor:
-        """R [num_k, T]: weight rows from the per-term sums of a weight-gradient table."""
-        return self.coupling[:, list(t.owner)].contiguous()
+        """R [num_k, T]: weight rows from the per-term sums of a weight-gradient table.
+
+        Built once per table: indexing with the owner list copies it to the device every time.
+        """
+        key = ("reducer", id(t))  # t lives in self._cache as long as this plan
+        if key not in self._cache:
+            self._cache[key] = self.coupling[:, list(t.owner)].contiguous()
+        return self._cache[key]
 
 
 def _build_plan(tables: tuple, dim_in: int, dtype, device) -> Plan:
     mono, pairs, entries, coeff, cols = tables
     mono_vars: list[tuple[int, ...]] = []
-    for n, (parent, var) in enumerate(mono):
+    for n, row in enumerate(mono):
+        parent, var = row[ScMonoCol.parent], row[ScMonoCol.var]
         if not (-1 <= parent < n and 0 <= var < dim_in):
             raise ValueError(f"monomial {n} is invalid")
         mono_vars.append((mono_vars[parent] if parent >= 0 else ()) + (var,))
+    pairs = [(r[ScPairCol.out], r[ScPairCol.mono]) for r in pairs]
     for p, (j, n) in enumerate(pairs):
         if not (0 <= j < len(cols) and 0 <= n < len(mono)):
             raise ValueError(f"pair {p} is invalid")
+    entries = [(r[ScEntryCol.pair], r[ScEntryCol.k]) for r in entries]
     for e, (p, k) in enumerate(entries):
         if not (0 <= p < len(pairs) and k >= 0):
             raise ValueError(f"entry {e} is invalid")
-    for j, (s, d) in enumerate(cols):
+    for j, (s, d) in enumerate(cols):  # out_cols: (start, dim), no column enum
         if not (0 <= s <= j < s + d <= len(cols)):
             raise ValueError(f"out_cols row {j} is invalid")
     num_k = max([k for _, k in entries] + [-1]) + 1
@@ -282,29 +291,21 @@ def _plan_by_content(content: tuple, dim_in: int, dtype, device) -> Plan:
     return _build_plan(content, dim_in, dtype, device)
 
 
-_BY_ID: dict = {}  # (id, version) of the table tensors -> (weakrefs, plan): skips the D2H copy
+def _read_plan(tables: tuple[Tensor, ...], extra: tuple) -> Plan:
+    dim_in, dtype, device = extra
+    return _plan_by_content(tuple(rows_of(t) for t in tables), dim_in, dtype, torch.device(device))
+
+
+PLANS: PlanCache[Plan] = PlanCache(_read_plan)
 
 
 def plan(tables: tuple[Tensor, ...], dim_in: int, dtype, device) -> Plan:
     """The plan of descriptor tables (monomials, pairs, entries, coeff, out_cols).
 
     Looked up by the tensors' identity first (the same module buffers every call), else by
-    content, which costs a device-to-host copy of the small tables.
+    content, which costs a device-to-host copy of the small tables (``PLANS``).
     """
-    dtype, device = acc_dtype(dtype), torch.device(device)
-    ident = (*((id(t), t._version) for t in tables), dim_in, dtype, device)
-    hit = _BY_ID.get(ident)
-    if hit is not None and all(r() is t for r, t in zip(hit[0], tables)):
-        return hit[1]
-    content = tuple(
-        tuple(tuple(r) for r in t.cpu().tolist()) if t.dim() == 2 else tuple(t.cpu().tolist())
-        for t in tables
-    )
-    p = _plan_by_content(content, dim_in, dtype, device)
-    if len(_BY_ID) > 256:
-        _BY_ID.clear()
-    _BY_ID[ident] = (tuple(weakref.ref(t) for t in tables), p)
-    return p
+    return PLANS.get(tables, (dim_in, acc_dtype(dtype), device))
 
 
 # ----------------------------------------------------------------------------------------------

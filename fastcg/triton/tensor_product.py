@@ -1,10 +1,10 @@
 """Triton tensor product: one kernel launch per CG path, specialised on the path's shape.
 
-A descriptor is data, so the launcher reads its tables once on the host (cached by content) and
-turns each path into a ``PathPlan``: the connection mode and the irrep dimensions become
-``tl.constexpr`` (the CG loops unroll), the multiplicities and offsets stay runtime arguments.
-The CG block of a path is passed as a small dense ``[n1, n2, d3]`` array (d3 = next power of two
-of 2*l3+1, zero padded) so one kernel serves every (l1, l2, l3).
+A descriptor is data, so the launcher reads its tables once on the host and turns each path into
+a ``PathPlan``: the connection mode and the irrep dimensions become ``tl.constexpr`` (the CG
+loops unroll), the multiplicities and offsets stay runtime arguments. The CG block of a path is
+passed as a small dense ``[n1, n2, d3]`` array (d3 = next power of two of 2*l3+1, zero padded)
+so one kernel serves every (l1, l2, l3).
 
 The backward of a bilinear product is the same product on a transposed path (derived on the host:
 permuted CG block, relabelled mode, permuted weight strides), so only two kernels exist: the
@@ -16,18 +16,29 @@ needs; a plain tensor product uses neither.
 Weights are indexed ``w[p * sp + q * sq + r * sr]`` with p, q, r the channels of x1, x2 and out
 (equal channels share an index, e.g. uvu has p == r), so transposing a path only permutes
 (sp, sq, sr).
+
+Plans are cached twice (``PlanCache``): by the identity of the table tensors (the buffers a
+``fastcg.nn`` module passes every call: a dictionary lookup, no device-to-host copy) and, behind
+that, by the tables' content (equal tables held by different tensors share one plan).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ..descriptor import PathCol
 
 UVW, UVU, UUU, UVV, UUW = 0, 1, 2, 3, 4  # fastcg.descriptor.MODES order
 # (p == q, p == r, q == r) -> mode: which channel indices of x1, x2 and out coincide
@@ -380,18 +391,82 @@ def _to_plan(p: dict, dtype: torch.dtype, device: torch.device) -> PathPlan:
     )  # fmt: skip
 
 
+P = TypeVar("P")
+
+
+class PlanCache(Generic[P]):
+    """Plans of descriptor tables looked up by the tables' identity: a dictionary lookup per call.
+
+    ``build(tables, extra)`` reads the tables (on a GPU a device-to-host copy and a sync) and runs
+    only on a miss; it looks the content up in an lru_cache, so equal tables held by different
+    tensors share one plan. The key is each table's (id, ``_version``, data_ptr, shape) plus
+    ``extra`` (dtype, device, ...): an in-place change bumps ``_version``, so it misses. Entries
+    hold weak references to the tables: the entry of a table that dies is dropped (with its plan's
+    device tensors, unless the content cache keeps them) and a recycled id never matches a dead
+    table's entry. At most ``maxsize`` entries, least recently used dropped first (a table changed
+    in place leaves one entry per version). Inference tensors have no version counter: they are
+    read on every call. Writes the version counter does not see (through ``.data``, ``numpy()``
+    or ``data_ptr()``) are not detected.
+    """
+
+    def __init__(self, build: Callable[[tuple[Tensor, ...], Hashable], P], maxsize: int = 128):
+        self._build = build
+        self._maxsize = maxsize
+        self._entries: OrderedDict[Hashable, tuple[tuple[weakref.ref, ...], P]] = OrderedDict()
+        self.builds = 0  # misses, i.e. reads of the tables (tests count them)
+
+    def get(self, tables: tuple[Tensor, ...], extra: Hashable) -> P:
+        """The plan of ``tables`` for ``extra``; reads the tables only on a miss."""
+        try:
+            key = (tuple((id(t), t._version, t.data_ptr(), t.shape) for t in tables), extra)
+        except RuntimeError:  # an inference tensor: without a version counter, never trusted
+            self.builds += 1
+            return self._build(tables, extra)
+        hit = self._entries.get(key)
+        if hit is not None and all(r() is t for r, t in zip(hit[0], tables)):
+            with contextlib.suppress(KeyError):  # a weakref callback may have just dropped it
+                self._entries.move_to_end(key)
+            return hit[1]
+        value = self._build(tables, extra)
+        self.builds += 1
+        drop = functools.partial(self._drop, key)
+        self._entries[key] = (tuple(weakref.ref(t, drop) for t in tables), value)
+        while len(self._entries) > self._maxsize:
+            self._entries.popitem(last=False)
+        return value
+
+    def _drop(self, key: Hashable, _ref: weakref.ref) -> None:
+        # A stale callback (its table died after a newer entry took the key) only costs a rebuild.
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def rows_of(t: Tensor) -> tuple:
+    """A small table's content as nested tuples (a device-to-host copy on a GPU)."""
+    values = t.cpu().tolist()
+    return tuple(tuple(r) for r in values) if t.dim() == 2 else tuple(values)
+
+
 @functools.lru_cache(maxsize=256)
 def _plan_cached(rows: tuple, cg_idx: tuple, cg_val: tuple, dtype, device) -> TPPlan:
     fwd, dx1, dx2 = [], [], []
     for row in rows:
-        mode, l1, l2, l3, m1, m2, mo, o1, o2, oo, w_off, b, e = row
-        n = (2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1)
+        mode = row[PathCol.mode]
+        m1, m2, mo = row[PathCol.mul1], row[PathCol.mul2], row[PathCol.mul_out]
+        b, e = row[PathCol.cg_begin], row[PathCol.cg_end]
+        n = tuple(2 * row[c] + 1 for c in (PathCol.l1, PathCol.l2, PathCol.l3))
         c = torch.zeros(n, dtype=torch.float64)
         for (i, j, k), v in zip(cg_idx[b:e], cg_val[b:e]):
             c[i, j, k] = v
         p = {
-            "mode": mode, "n": n, "mul": (m1, m2, mo), "off": (o1, o2, oo),
-            "s": _weight_strides(mode, m1, m2, mo), "w_off": w_off, "cg": c,
+            "mode": mode, "n": n, "mul": (m1, m2, mo),
+            "off": (row[PathCol.off1], row[PathCol.off2], row[PathCol.off_out]),
+            "s": _weight_strides(mode, m1, m2, mo), "w_off": row[PathCol.w_off], "cg": c,
         }  # fmt: skip
         fwd.append(_to_plan(p, dtype, device))
         dx1.append(_to_plan(_transpose(p, (2, 1, 0)), dtype, device))
@@ -399,15 +474,20 @@ def _plan_cached(rows: tuple, cg_idx: tuple, cg_val: tuple, dtype, device) -> TP
     return TPPlan(tuple(fwd), tuple(dx1), tuple(dx2))
 
 
-def plan(paths: Tensor, cg_index: Tensor, cg_value: Tensor, dtype, device) -> TPPlan:
-    """Launch plan of a descriptor's tables, cached by their content.
-
-    Reading the tables costs a device-to-host copy when they live on the GPU (small tables).
-    """
-    rows = tuple(tuple(r) for r in paths.cpu().tolist())
-    idx = tuple(tuple(r) for r in cg_index.cpu().tolist())
+def _read_plan(tables: tuple[Tensor, ...], extra: tuple) -> TPPlan:
+    paths, cg_index, cg_value = tables
     val = tuple(cg_value.cpu().to(torch.float64).tolist())
-    return _plan_cached(rows, idx, val, acc_dtype(dtype), torch.device(device))
+    dtype, device = extra
+    return _plan_cached(rows_of(paths), rows_of(cg_index), val, dtype, torch.device(device))
+
+
+PLANS: PlanCache[TPPlan] = PlanCache(_read_plan)
+
+
+def plan(paths: Tensor, cg_index: Tensor, cg_value: Tensor, dtype, device) -> TPPlan:
+    """Launch plan of a descriptor's tables for inputs of ``dtype`` on ``device`` (``PLANS``)."""
+    # torch.device(...) only on a miss: callers pass x.device, and the lookup is per call
+    return PLANS.get((paths, cg_index, cg_value), (acc_dtype(dtype), device))
 
 
 # ----------------------------------------------------------------------------------------------
