@@ -10,17 +10,16 @@
 #include <cstdint>
 
 #include "core/sh.h"
+#include "core/sh_eval.h"
 #include "cpu/utils.h"
 
 namespace fastcg {
-
-constexpr int sh_tile_dim(int l) { return (l + 1) * (l + 1); }
 
 struct ShCall {
   int64_t E;
   bool normalize;
   // per entry: component 1, norm 1/sqrt(2l+1), integral 1/sqrt(4pi)
-  double scale[sh_tile_dim(SH_LMAX)];
+  double scale[sh_dim(SH_LMAX)];
 };
 
 // One entry point per (lmax, dtype) and direction, over tiles [a, b) of the E vectors.
@@ -44,8 +43,6 @@ static_assert(SH_LMAX == 8, "add entry points for the new lmax");
 // Internal to each including file: the two files compile the bodies at different -O levels.
 namespace {
 
-constexpr int sh_dim(int l) { return sh_tile_dim(l); }
-
 // Lanes per tile: four AVX2 registers. Measured (lmax 3, 1e5 vectors, one thread, CPU time) for
 // float fwd / bwd / double bwd: W = 8: 0.61 / 1.97 / 2.62 ms (gcc unrolls the short lane loops
 // and then leaves them scalar), W = 16: 0.53 / 0.80 / 1.35, W = 32: 0.44 / 0.67 / 1.32; at
@@ -61,32 +58,11 @@ template <int W, typename T>
 struct Arg {
   T x[W], y[W], z[W], inv[W];
 
-  Arg(const T* r, bool normalize) {
-    for (int t = 0; t < W; ++t) {
-      x[t] = r[3 * t];
-      y[t] = r[3 * t + 1];
-      z[t] = r[3 * t + 2];
-      inv[t] = T(1);
-    }
-    if (!normalize) return;
-    for (int t = 0; t < W; ++t) {
-      const T n2 = x[t] * x[t] + y[t] * y[t] + z[t] * z[t];
-      inv[t] = n2 == T(0) ? T(0) : T(1) / std::sqrt(n2);
-      x[t] *= inv[t];
-      y[t] *= inv[t];
-      z[t] *= inv[t];
-    }
-  }
+  Arg(const T* r, bool normalize) { sh_argument<W, T>(r, W, normalize, x, y, z, inv); }
 
   // v <- J^T v in place, J = du/dr = (I - u u^T) / |r| (identity without normalize).
   void project(T* v, bool normalize) const {
-    if (!normalize) return;
-    for (int t = 0; t < W; ++t) {
-      const T vu = v[t] * x[t] + v[W + t] * y[t] + v[2 * W + t] * z[t];
-      v[t] = (v[t] - vu * x[t]) * inv[t];
-      v[W + t] = (v[W + t] - vu * y[t]) * inv[t];
-      v[2 * W + t] = (v[2 * W + t] - vu * z[t]) * inv[t];
-    }
+    sh_project<W, T>(v, v + W, v + 2 * W, x, y, z, inv, normalize);
   }
 };
 
