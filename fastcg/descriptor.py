@@ -41,6 +41,93 @@ class UnknownMode(InvalidSpecification, KeyError):
 MODES = ("uvw", "uvu", "uuu", "uvv", "uuw")
 # Every connection mode of e3nn 0.6; uvuv, uvu<v and u<vw become several kernel-mode paths.
 E3NN_MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv", "uvu<v", "u<vw")
+
+
+def _mode_name(equal: tuple[bool, bool, bool]) -> str:
+    """The kernel mode whose roles share channels as ``equal`` (x1 == x2, x1 == out, x2 == out)
+    says: x1's letter is u, x2's is u or v, the output's is one of those or w."""
+    a = "u"
+    b = a if equal[0] else "v"
+    c = a if equal[1] else (b if equal[2] else "w")
+    return a + b + c
+
+
+@dataclass(frozen=True)
+class ModeRule:
+    """A kernel connection mode read from its letters, the channel index of x1, x2 and the output
+    ("uvu": the output keeps x1's channel u and sums over x2's v). Every rule of a mode follows
+    from the letters, so this is the one place they are written: the weight axes (the distinct
+    letters in order), the summed channels (letters the output lacks), e3nn's equal
+    multiplicities (repeated letters), the reference's einsum, the kernels' weight strides and,
+    for the backward, the mode of a product with its roles permuted (``transpose``)."""
+
+    name: str
+
+    @property
+    def equal(self) -> tuple[bool, bool, bool]:
+        """Whether (x1, x2), (x1, out) and (x2, out) share a channel index."""
+        a, b, c = self.name
+        return a == b, a == c, b == c
+
+    def _sizes(self, mul1: int, mul2: int, mul_out: int) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for letter, mul in zip(self.name, (mul1, mul2, mul_out)):
+            sizes.setdefault(letter, mul)
+        return sizes
+
+    def weight_shape(self, mul1: int, mul2: int, mul_out: int) -> tuple[int, ...]:
+        """e3nn's weight shape of one path: one axis per distinct letter."""
+        return tuple(self._sizes(mul1, mul2, mul_out).values())
+
+    def summed(self, mul1: int, mul2: int) -> int:
+        """Products summed into one output element (e3nn's path normalisation count)."""
+        n = 1
+        for letter, mul in self._sizes(mul1, mul2, 1).items():
+            n *= 1 if letter == self.name[2] else mul
+        return n
+
+    def weight_strides(self, mul1: int, mul2: int, mul_out: int) -> tuple[int, int, int]:
+        """Strides of x1's, x2's and the output's channel in the row-major weights, 0 for a role
+        whose letter an earlier role already indexes (w[p sp + q sq + r sr] with p == r, ...)."""
+        sizes = self._sizes(mul1, mul2, mul_out)
+        stride, step = {}, 1
+        for letter in reversed(list(sizes)):
+            stride[letter] = step
+            step *= sizes[letter]
+        seen: set[str] = set()
+        out = []
+        for letter in self.name:
+            out.append(0 if letter in seen else stride[letter])
+            seen.add(letter)
+        return out[0], out[1], out[2]
+
+    @property
+    def einsum(self) -> str:
+        """out[z, c, k] from x1 [z, a, i], x2 [z, b, j], CG [i, j, k] and per-sample weights."""
+        a, b, c = self.name
+        return f"z{a}i,z{b}j,ijk,z{''.join(dict.fromkeys(self.name))}->z{c}k"
+
+    def mul_errors(self, mul1: int, mul2: int, mul_out: int) -> list[str]:
+        """e3nn's equal-multiplicity conditions of this mode, where false."""
+        if all(self.equal):
+            return [] if mul1 == mul2 == mul_out else ["mul1 == mul2 == mul_out"]
+        rules = ((mul1 == mul2, "mul1 == mul2"), (mul1 == mul_out, "mul_out == mul1"),
+                 (mul2 == mul_out, "mul_out == mul2"))  # fmt: skip
+        return [what for shared, (ok, what) in zip(self.equal, rules) if shared and not ok]
+
+    def transpose(self, perm: tuple[int, int, int]) -> ModeRule:
+        """The mode of the product whose role n is this one's role perm[n] (0 x1, 1 x2, 2 out):
+        the backward's products (grad x1 = product of grad out and x2 into x1's place, ...)."""
+        eq = {(0, 1): self.equal[0], (0, 2): self.equal[1], (1, 2): self.equal[2]}
+
+        def same(i: int, j: int) -> bool:
+            return i == j or eq[(min(i, j), max(i, j))]
+
+        a, b, c = perm
+        return MODE_RULES[_mode_name((same(a, b), same(a, c), same(b, c)))]
+
+
+MODE_RULES = {m: ModeRule(m) for m in MODES}
 # Column orders of the int64 tables the kernels read: the one Python naming of each, mirrored
 # by the enums of csrc/core/common.h (PathCol, LinCol) and csrc/core/symmetric_contraction.h
 # (ScMonoCol, ScPairCol, ScEntryCol); tests/test_table_columns.py compares the two sides.
@@ -77,10 +164,10 @@ def weight_shape(mode: str, mul1: int, mul2: int, mul_out: int) -> tuple[int, ..
     >>> weight_shape("u<vw", 4, 4, 3)
     (6, 3)
     """
+    if mode in MODE_RULES:
+        return MODE_RULES[mode].weight_shape(mul1, mul2, mul_out)
     pairs = mul1 * (mul2 - 1) // 2  # e3nn's count of u < v pairs (mul1 == mul2 where it is used)
-    shapes = {"uvw": (mul1, mul2, mul_out), "uvu": (mul1, mul2), "uvv": (mul1, mul2),
-              "uuw": (mul1, mul_out), "uuu": (mul1,), "uvuv": (mul1, mul2), "uvu<v": (pairs,),
-              "u<vw": (pairs, mul_out)}  # fmt: skip
+    shapes = {"uvuv": (mul1, mul2), "uvu<v": (pairs,), "u<vw": (pairs, mul_out)}
     if mode not in shapes:
         raise UnknownMode(f"connection mode {mode!r} is not one of e3nn's {E3NN_MODES}")
     return shapes[mode]
@@ -88,8 +175,9 @@ def weight_shape(mode: str, mul1: int, mul2: int, mul_out: int) -> tuple[int, ..
 
 def _num_elements(mode: str, mul1: int, mul2: int) -> int:
     """e3nn's number of products summed into one output element (path normalisation)."""
-    return {"uvw": mul1 * mul2, "uvu": mul2, "uvv": mul1, "uuw": mul1, "uuu": 1, "uvuv": 1,
-            "uvu<v": 1, "u<vw": mul1 * (mul2 - 1) // 2}[mode]  # fmt: skip
+    if mode in MODE_RULES:
+        return MODE_RULES[mode].summed(mul1, mul2)
+    return {"uvuv": 1, "uvu<v": 1, "u<vw": mul1 * (mul2 - 1) // 2}[mode]
 
 
 @dataclass(frozen=True)
@@ -290,14 +378,18 @@ def tensor_product_descriptor(
     return _build(ir1, ir2, iro, final)
 
 
-def _mode_errors(mode: str, has_weight: bool, m1: int, m2: int, mo: int) -> list[str]:
+def mode_errors(mode: str, has_weight: bool, m1: int, m2: int, mo: int) -> list[str]:
     """What e3nn's code generator asserts about a non-empty path of this mode, where false."""
+    if mode in MODE_RULES:
+        # beyond the letters: uvw has nothing to sum over without weights, and an unweighted
+        # uuw sums every channel into one
+        errors = MODE_RULES[mode].mul_errors(m1, m2, mo)
+        if mode == "uvw" and not has_weight:
+            errors.append("weights")
+        if mode == "uuw" and not (has_weight or mo == 1):
+            errors.append("mul_out == 1 unweighted")
+        return errors
     rules = {
-        "uvw": [(has_weight, "weights")],
-        "uvu": [(m1 == mo, "mul_out == mul1")],
-        "uvv": [(m2 == mo, "mul_out == mul2")],
-        "uuw": [(m1 == m2, "mul1 == mul2"), (has_weight or mo == 1, "mul_out == 1 unweighted")],
-        "uuu": [(m1 == m2 == mo, "mul1 == mul2 == mul_out")],
         "uvuv": [(m1 * m2 == mo, "mul_out == mul1 * mul2")],
         "uvu<v": [(m1 == m2, "mul1 == mul2"),
                   (m1 * (m1 - 1) // 2 == mo, "mul_out == mul1 * (mul1 - 1) / 2")],
@@ -327,7 +419,7 @@ def _check_instruction(ins: tuple, ir1, ir2, iro) -> None:
         )
     if 0 in shape or 0 in (a.mul, b.mul, c.mul):
         return  # e3nn generates no code for an empty path, and checks nothing more
-    errors = _mode_errors(mode, bool(has_weight), a.mul, b.mul, c.mul)
+    errors = mode_errors(mode, bool(has_weight), a.mul, b.mul, c.mul)
     if errors:
         raise InvalidSpecification(
             f"instruction {ins}: mode {mode} needs {' and '.join(errors)} (mul1={a.mul}, "

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .cg import sparse_cg
 from .descriptor import (
+    MODE_RULES,
     MODES,
     LinCol,
     LinearDescriptor,
@@ -24,13 +25,8 @@ from .descriptor import (
 )
 from .irreps import to_channels
 
-_EINSUM = {  # out block from x1 [B,u,i], x2 [B,v,j], C [i,j,k], per-sample weights
-    "uvw": "zui,zvj,ijk,zuvw->zwk",
-    "uvu": "zui,zvj,ijk,zuv->zuk",
-    "uvv": "zui,zvj,ijk,zuv->zvk",
-    "uuw": "zui,zuj,ijk,zuw->zwk",
-    "uuu": "zui,zuj,ijk,zu->zuk",
-}
+# out block from x1 [B,u,i], x2 [B,v,j], C [i,j,k], per-sample weights (uvu: zui,zvj,ijk,zuv->zuk)
+_EINSUM = {m: rule.einsum for m, rule in MODE_RULES.items()}
 
 
 def sh_scale(normalization: str, l: int) -> float:
@@ -100,8 +96,7 @@ def _dense_cg(row: list[int], cg_index: Tensor, cg_value: Tensor, like: Tensor) 
 def _path_weight(row: list[int], weights: Tensor, batch: int, like: Tensor) -> Tensor:
     mode, w_off = MODES[row[PathCol.mode]], row[PathCol.w_off]
     m1, m2, mo = row[PathCol.mul1], row[PathCol.mul2], row[PathCol.mul_out]
-    shape = {"uvw": (m1, m2, mo), "uvu": (m1, m2), "uvv": (m1, m2), "uuw": (m1, mo), "uuu": (m1,)}
-    shape = shape[mode]
+    shape = MODE_RULES[mode].weight_shape(m1, m2, mo)
     if w_off < 0:
         return torch.ones((batch, *shape), dtype=like.dtype, device=like.device)
     numel = int(torch.Size(shape).numel())

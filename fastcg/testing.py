@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .descriptor import mode_errors
 from .irreps import irreps as to_irreps
 
 # The one tolerance table: float64 to 1e-10, float32 to 1e-5. An error is measured relative to
@@ -89,15 +90,7 @@ def wigner_D(irreps: Any, rotation: Tensor) -> Tensor:
 
 def mode_allowed(mode: str, mul1: int, mul2: int, mul_out: int, has_weight: bool) -> bool:
     """Whether e3nn accepts a path of connection ``mode`` between these multiplicities."""
-    if mode in ("uvu", "uuu") and mul_out != mul1:
-        return False
-    if mode == "uvv" and mul_out != mul2:
-        return False
-    if mode in ("uuu", "uuw") and mul1 != mul2:
-        return False
-    if mode == "uuw" and not has_weight and mul_out != 1:
-        return False
-    return has_weight or mode != "uvw"  # e3nn needs a weight on uvw paths
+    return not mode_errors(mode, has_weight, mul1, mul2, mul_out)
 
 
 def full_instructions(

@@ -38,18 +38,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..descriptor import PathCol
+from ..descriptor import MODE_RULES, MODES, PathCol
 
 UVW, UVU, UUU, UVV, UUW = 0, 1, 2, 3, 4  # fastcg.descriptor.MODES order
-# (p == q, p == r, q == r) -> mode: which channel indices of x1, x2 and out coincide
-_MODE_OF_EQ = {
-    (False, False, False): UVW,
-    (False, True, False): UVU,
-    (True, True, True): UUU,
-    (False, False, True): UVV,
-    (True, False, False): UUW,
-}
-_EQ_OF_MODE = {m: eq for eq, m in _MODE_OF_EQ.items()}
 
 OUT_ROWS, OUT_ATOMIC, OUT_SEGMENT = 0, 1, 2  # how the product writes its output rows
 
@@ -342,13 +333,7 @@ class TPPlan:
 
 
 def _weight_strides(mode: int, m1: int, m2: int, mo: int) -> tuple[int, int, int]:
-    return {
-        UVW: (m2 * mo, mo, 1),
-        UVU: (m2, 1, 0),
-        UUU: (1, 0, 0),
-        UVV: (m2, 1, 0),
-        UUW: (mo, 0, 1),
-    }[mode]
+    return MODE_RULES[MODES[mode]].weight_strides(m1, m2, mo)
 
 
 def _pow2(n: int) -> int:
@@ -364,16 +349,8 @@ def _dense(c: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 def _transpose(p: dict, perm: tuple[int, int, int]) -> dict:
     """Relabel roles: new role n takes old role perm[n] (0 = x1, 1 = x2, 2 = out)."""
-    eq = _EQ_OF_MODE[p["mode"]]
-    same = {(0, 1): eq[0], (0, 2): eq[1], (1, 2): eq[2]}
-
-    def s(a: int, b: int) -> bool:
-        return a == b or same[(min(a, b), max(a, b))]
-
-    a, b, c = perm
-    mode = _MODE_OF_EQ[(s(a, b), s(a, c), s(b, c))]
     return {
-        "mode": mode,
+        "mode": MODES.index(MODE_RULES[MODES[p["mode"]]].transpose(perm).name),
         "n": tuple(p["n"][k] for k in perm),
         "mul": tuple(p["mul"][k] for k in perm),
         "off": tuple(p["off"][k] for k in perm),
