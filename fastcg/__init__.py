@@ -11,10 +11,12 @@ import torch
 from . import _C  # noqa: F401  (registers the op schemas and C++ kernels)
 from .backend import get_backend, use_backend
 from .convert import convert
-from .descriptor import (
+from .descriptors import (
     InvalidSpecification,
     LinearDescriptor,
+    LinearTables,
     TPDescriptor,
+    TPTables,
     linear_descriptor,
     tensor_product_descriptor,
 )
@@ -40,7 +42,9 @@ def library_path() -> str:
 __all__ = [
     "InvalidSpecification",
     "LinearDescriptor",
+    "LinearTables",
     "TPDescriptor",
+    "TPTables",
     "conv",
     "conv_radial",
     "conv_tabulated",

@@ -117,7 +117,7 @@ def _tp_cases() -> list[Case]:
         ins = full_instructions(ir1, ir2, iro, [mode])
         for shared in (False, True):
             tp = _e3nn_tp(ir1, ir2, iro, ins, shared)
-            desc = fastcg.descriptor.from_e3nn(tp)
+            desc = fastcg.descriptors.from_e3nn(tp)
             tps = _per_dtype(tp)
 
             def inputs(dtype, tp=tp, shared=shared):
@@ -182,7 +182,7 @@ def _mace_conv_cases() -> list[Case]:
     for shared in (False, True):
         tp = _e3nn_tp(ir1, ir2, iro, ins, shared)
         tag = f"MACE-like 16ch {'shared' if shared else 'per-edge'} weights"
-        desc = fastcg.descriptor.from_e3nn(tp)
+        desc = fastcg.descriptors.from_e3nn(tp)
         cases.append(_conv_case(_per_dtype(tp), desc, tag, shared, nodes=6, edges=20))
     return cases
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .cg import sparse_cg
-from .descriptor import (
+from .descriptors import (
     MODE_RULES,
     MODES,
     LinCol,

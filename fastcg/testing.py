@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .descriptor import mode_errors
+from .descriptors import mode_errors
 from .irreps import irreps as to_irreps
 
 # The one tolerance table: float64 to 1e-10, float32 to 1e-5. An error is measured relative to

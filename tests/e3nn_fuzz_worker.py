@@ -12,7 +12,7 @@ biases, ``f_in`` / ``f_out``), and spherical harmonics (module and function). Ab
 the specifications are mutated to be invalid. Then:
 
 * fastcg must raise iff e3nn raises at construction (any e3nn exception counts; fastcg's must be
-  ``fastcg.descriptor.InvalidSpecification``, both ValueError and AssertionError);
+  ``fastcg.descriptors.InvalidSpecification``, both ValueError and AssertionError);
 * otherwise attributes (weight_numel, path weights, output_mask), outputs, gradients with
   respect to every input and weight (``torch.autograd.grad`` of a random cotangent) and, for some
   cases, second derivatives must equal e3nn's in float64 to 1e-10 relative to scale;
@@ -546,7 +546,7 @@ def invalid_specification() -> type:
     """fastcg's exception for invalid specifications (both ValueError and AssertionError)."""
     import importlib
 
-    for name in ("fastcg.descriptor", "fastcg.descriptors", "fastcg"):
+    for name in ("fastcg.descriptors", "fastcg"):
         try:
             cls = getattr(importlib.import_module(name), "InvalidSpecification", None)
         except ImportError:

@@ -267,7 +267,7 @@ def test_unknown_backend():
 
 _DIRECT = """
 import json, torch, fastcg
-from fastcg.descriptor import tensor_product_descriptor
+from fastcg.descriptors import tensor_product_descriptor
 ins = [(0, 0, 0, "uvu", True), (0, 1, 1, "uvu", True), (1, 1, 0, "uvw", True)]
 d = tensor_product_descriptor("2x0e+1x1o", "1x0e+1x1o", "2x0e+2x1o", ins)
 p, i, v = d.tensors()

@@ -22,8 +22,8 @@ PACKAGE = ROOT / "fastcg"
 # everything under it. fastcg/__init__.py (the public API) and the framework integrations are the
 # top: they may import anything in fastcg.
 LAYERS: list[tuple[str, ...]] = [
-    ("fastcg._C", "fastcg.irreps", "fastcg.cg", "fastcg.descriptor", "fastcg.descriptors",
-     "fastcg.backend", "fastcg.testing"),
+    ("fastcg._C", "fastcg.irreps", "fastcg.cg", "fastcg.descriptors", "fastcg.backend",
+     "fastcg.testing"),
     ("fastcg.reference",),
     ("fastcg.ops",),
     ("fastcg.triton",),

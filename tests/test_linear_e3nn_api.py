@@ -10,7 +10,7 @@ import torch
 from conftest import assert_close, o3
 
 import fastcg.nn as fnn
-from fastcg.descriptor import InvalidSpecification, linear_descriptor
+from fastcg.descriptors import InvalidSpecification, linear_descriptor
 
 F64 = torch.float64
 

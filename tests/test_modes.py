@@ -1,4 +1,4 @@
-"""fastcg.descriptor.MODE_RULES: every kernel mode's rules derived from its letters, pinned to
+"""fastcg.descriptors.MODE_RULES: every kernel mode's rules derived from its letters, pinned to
 the tables that were written out by hand in five places before (descriptor, reference, testing,
 the Triton launcher), so a change to the derivation that alters any of them fails here."""
 
@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from fastcg.descriptor import MODE_RULES, MODES, mode_errors, weight_shape
+from fastcg.descriptors import MODE_RULES, MODES, mode_errors, weight_shape
 from fastcg.reference import _EINSUM
 from fastcg.testing import mode_allowed
 

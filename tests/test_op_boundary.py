@@ -175,8 +175,8 @@ for name, args in base.items():
 
 # Corrupted descriptor tables, each passed to every op that reads that table.
 _TABLES = """
-from fastcg.descriptor import LINEAR_COLUMNS, MODES, PATH_COLUMNS, LinCol, PathCol
-from fastcg.descriptor import SC_ENTRY_COLUMNS, SC_MONO_COLUMNS, SC_PAIR_COLUMNS
+from fastcg.descriptors import LINEAR_COLUMNS, MODES, PATH_COLUMNS, LinCol, PathCol
+from fastcg.descriptors import SC_ENTRY_COLUMNS, SC_MONO_COLUMNS, SC_PAIR_COLUMNS
 TP_OPS = ["tensor_product", "tensor_product_backward", "conv", "conv_backward", "conv_radial",
           "conv_radial_backward", "conv_tabulated", "conv_tabulated_backward"]
 TP_TABLES = {  # position of (paths, cg_index, cg_value) and of the weights / dim_out

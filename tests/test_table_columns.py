@@ -1,4 +1,4 @@
-"""The column names of the int64 descriptor tables: fastcg/descriptor.py's tuples against the
+"""The column names of the int64 descriptor tables: fastcg/descriptors' tuples against the
 C++ enums that mirror them (csrc/core/common.h, csrc/core/symmetric_contraction.h).
 
 The C++ name of a Python column is its prefix plus the upper-cased name, except for the few
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastcg import descriptor as d
+from fastcg import descriptors as d
 
 CORE = Path(__file__).resolve().parent.parent / "csrc" / "core"
 ENUM = re.compile(r"\benum\s+(\w+)\s*:\s*\w+\s*\{([^}]*)\}")
@@ -99,7 +99,7 @@ def test_tables_have_their_widths():
     lin = d.linear_descriptor("2x0e+1x1o", "3x0e+1x1o")
     paths, _ = lin.tensors()
     assert paths.shape[1] == len(d.LINEAR_COLUMNS)
-    w_off = d.LINEAR_PATH_FIELDS.index("w_off")
+    w_off = d.linear.LINEAR_PATH_FIELDS.index("w_off")
     assert paths[:, d.LinCol.w_off].tolist() == [p[w_off] for p in lin.paths]
 
 
@@ -146,7 +146,7 @@ def test_tables_on_a_device_are_copied_once():
     """descriptor.tensors(device): one copy per device, the same tensors on every later call
     (the Triton plan caches key on their identity), the originals for the tables' own device."""
     import fastcg
-    from fastcg.descriptor import linear_descriptor
+    from fastcg.descriptors import linear_descriptor
     from fastcg.descriptors.symmetric_contraction import symmetric_contraction_descriptor
 
     tp = fastcg.tensor_product_descriptor("1x1o", "1x1o", "1x0e", [(0, 0, 0, "uuu", False)])
@@ -161,3 +161,42 @@ def test_tables_on_a_device_are_copied_once():
         again = desc.tensors(torch.device("meta"))
         assert all(a is b for a, b in zip(again, meta))
         assert desc.tensors() is cpu
+
+
+def test_tables_are_the_tensors_with_the_sizes():
+    """descriptor.tables(device): a NamedTuple of the same tensor objects as tensors(device) and
+    the op's sizes, one per descriptor, each a type TorchScript takes."""
+    import fastcg
+    from fastcg.descriptors import linear_descriptor, symmetric_contraction_descriptor
+
+    tp = fastcg.tensor_product_descriptor("1x1o", "1x1o", "1x0e", [(0, 0, 0, "uuu", False)])
+    lin = linear_descriptor("2x0e + 1x1o", "3x0e + 1x1o")
+    sc = symmetric_contraction_descriptor("1x0e + 1x1o", "1x0e", 2)
+    sizes = {
+        tp: ("dim1", "dim2", "dim_out", "weight_numel"),
+        lin: ("dim_in", "dim_out", "weight_numel"),
+        sc: ("dim_in", "weight_numel"),
+    }
+    for desc, names in sizes.items():
+        for device in (None, "meta"):
+            tables, tensors = desc.tables(device), desc.tensors(device)
+            assert all(a is b for a, b in zip(tables, tensors))
+            assert tables[len(tensors) :] == tuple(getattr(desc, n) for n in names)
+            assert type(tables)._fields[len(tensors) :] == names
+
+    scripted = [torch.jit.script(f) for f in (_tp_paths, _linear_paths, _sc_monomials)]
+    for f, desc in zip(scripted, sizes):
+        assert f(desc.tables()) is desc.tensors()[0]
+
+
+# TorchScript compiles functions of each NamedTuple (what fastcg.nn modules' forward builds)
+def _tp_paths(t: d.TPTables) -> torch.Tensor:
+    return t.paths
+
+
+def _linear_paths(t: d.LinearTables) -> torch.Tensor:
+    return t.paths
+
+
+def _sc_monomials(t: d.SymmetricContractionTables) -> torch.Tensor:
+    return t.monomials

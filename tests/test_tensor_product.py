@@ -17,7 +17,7 @@ from conftest import (
 )
 
 import fastcg
-from fastcg.descriptor import from_e3nn
+from fastcg.descriptors import from_e3nn
 
 F64 = torch.float64
 

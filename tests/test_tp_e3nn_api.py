@@ -17,7 +17,7 @@ from conftest import assert_close, default_dtype, o3
 
 import fastcg
 import fastcg.nn as fnn
-from fastcg.descriptor import InvalidSpecification, tensor_product_descriptor
+from fastcg.descriptors import InvalidSpecification, tensor_product_descriptor
 
 F64 = torch.float64
 ALL_MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv", "uvu<v", "u<vw")
@@ -334,7 +334,7 @@ def test_attributes_like_e3nn():
 
 _DIRECT = """
 import torch, fastcg
-from fastcg.descriptor import tensor_product_descriptor
+from fastcg.descriptors import tensor_product_descriptor
 d = tensor_product_descriptor("2x0o", "2x0o", "2x0e", [(0, 0, 0, "uvw", True)])
 p, i, v = d.tensors()
 p = p.clone()

@@ -13,19 +13,47 @@ tuples matter) as sparse tables: the monomials (each a parent monomial times one
 (output column, monomial) pairs, and per pair its (weight row, coefficient) entries.
 """
 
-from __future__ import annotations
-
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ..descriptor import SC_ENTRY_COLUMNS, SC_MONO_COLUMNS, SC_PAIR_COLUMNS, tables_on
 from ..irreps import channel_irreps, o3
+from .tensor_product import column_enum, tables_on
 
+# Columns of the int64 tables, mirrored by csrc/core/symmetric_contraction.h's ScMonoCol,
+# ScPairCol and ScEntryCol (tests/test_table_columns.py compares them): monomial = parent
+# monomial (-1 for a single variable) times variable var; pair = output column out, monomial
+# mono; entry = pair, weight row k. The out_cols table (start, dim) has no C++ enum.
+SC_MONO_COLUMNS = ("parent", "var")
+SC_PAIR_COLUMNS = ("out", "mono")
+SC_ENTRY_COLUMNS = ("pair", "k")
+ScMonoCol = column_enum("ScMonoCol", SC_MONO_COLUMNS)
+ScPairCol = column_enum("ScPairCol", SC_PAIR_COLUMNS)
+ScEntryCol = column_enum("ScEntryCol", SC_ENTRY_COLUMNS)
 _ZERO = 1e-12  # symmetrised coefficients below this (relative to max |U|) are rounding residue
+
+
+# Real annotations (this module has no `from __future__ import annotations`): TorchScript
+# would resolve string ones in the scripted caller's module (pytorch #95858).
+class SymmetricContractionTables(NamedTuple):
+    """A symmetric contraction's packed tables and sizes
+    (``SymmetricContractionDescriptor.tables(device)``): what ``symmetric_contraction`` takes.
+    TorchScript accepts it, so ``fastcg.nn`` modules build one from their buffers in ``forward``.
+
+    The tables are those of :meth:`SymmetricContractionDescriptor.tensors`; ``dim_in`` is one
+    channel's input width and ``weight_numel`` the weight rows per species and channel.
+    """
+
+    monomials: Tensor
+    pairs: Tensor
+    entries: Tensor
+    coeff: Tensor
+    out_cols: Tensor
+    dim_in: int
+    weight_numel: int
 
 
 @dataclass(frozen=True)
@@ -43,7 +71,7 @@ class SymmetricContractionDescriptor:
     dim_in: int
     dim_out: int
     weight_numel: int
-    tables: tuple[Tensor, ...] = field(repr=False, compare=False)
+    _packed: tuple[Tensor, ...] = field(repr=False, compare=False)
 
     def weight_offset(self, i_out: int, nu: int) -> int:
         """First weight row of output irrep ``i_out`` at correlation order ``nu``."""
@@ -56,7 +84,18 @@ class SymmetricContractionDescriptor:
         """(monomials int64 [M, 2], pairs int64 [P, 2], entries int64 [E, 2], coeff float64 [E],
         out_cols int64 [dim_out, 2]); see csrc/core/symmetric_contraction.h. On ``device`` when
         given (copied once per device)."""
-        return tables_on(self, self.tables, device)  # type: ignore[return-value]
+        return tables_on(self, self._packed, device)  # type: ignore[return-value]
+
+    def tables(self, device: torch.device | str | None = None) -> SymmetricContractionTables:
+        """What the ``symmetric_contraction`` op takes: :meth:`tensors` (the same tensor objects
+        on every call) with the op's sizes.
+
+        >>> symmetric_contraction_descriptor("0e+1o", "0e", 2).tables().dim_in
+        4
+        """
+        mono, pairs, entries, coeff, out_cols = self.tensors(device)
+        return SymmetricContractionTables(mono, pairs, entries, coeff, out_cols, self.dim_in,
+                                          self.weight_numel)  # fmt: skip
 
 
 def _wigner_nj(irreps_list: list, filter_ir_mid: list | None, last: Any) -> list:

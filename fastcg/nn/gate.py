@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..descriptor import InvalidSpecification
+from ..descriptors import InvalidSpecification
 from ..irreps import irreps as to_irreps
 from ..irreps import o3
 from .tensor_product import ElementwiseTensorProduct, load_twin

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..descriptor import (
+from ..descriptors import (
     InvalidSpecification,
     LinearDescriptor,
     linear_descriptor,

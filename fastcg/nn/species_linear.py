@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..cg import wigner_3j
-from ..descriptor import linear_descriptor
+from ..descriptors import linear_descriptor
 from ..irreps import irreps as to_irreps
 from ..ops import linear_tables
 from .symmetric_contraction import one_hot_species

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..descriptor import InvalidSpecification
+from ..descriptors import InvalidSpecification
 from ..irreps import o3
 from ..ops import spherical_harmonics as _op
 from ..ops.spherical_harmonics import high_l, recursion_tables, warn_high_l

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..descriptor import (
+from ..descriptors import (
     InvalidSpecification,
     TPDescriptor,
     from_e3nn,
@@ -94,7 +94,7 @@ class TensorProduct(Float64Tables):
     (uvw, uvu, uvv, uuw, uuu, uvuv, uvu<v, u<vw), ``right()``, weight views, internal / shared /
     external weights. ``compile_left_right``, ``compile_right``, ``_specialized_code`` and
     ``_optimize_einsums`` are recorded and change nothing (the kernels are the same either way).
-    An invalid specification raises ``fastcg.descriptor.InvalidSpecification`` (a ValueError and
+    An invalid specification raises ``fastcg.descriptors.InvalidSpecification`` (a ValueError and
     an AssertionError) here, where e3nn's constructor raises.
 
     Where e3nn 0.6 misbehaves, fastcg does not copy it: negative instruction indices and uvu<v /

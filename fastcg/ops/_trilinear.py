@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from ..descriptor import PathCol
+from ..descriptors import PathCol
 
 Fwd = Callable[[Tensor, Tensor, Tensor, bool], Tensor]
 Bwd = Callable[[Tensor, Tensor, Tensor, list[bool], bool], tuple[Tensor, Tensor, Tensor]]

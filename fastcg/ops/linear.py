@@ -5,7 +5,7 @@ from torch import Tensor
 
 from .. import reference
 from ..backend import namespace
-from ..descriptor import LinearDescriptor
+from ..descriptors import LinearDescriptor
 from ._autograd import register_forward_autograd
 from ._checks import (
     check_float,

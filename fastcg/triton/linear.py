@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..descriptor import LinCol
+from ..descriptors import LinCol
 from .tensor_product import PlanCache, _pow2, acc_dtype, interpreting, rows_of
 
 

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..descriptor import ScEntryCol, ScMonoCol, ScPairCol
+from ..descriptors import ScEntryCol, ScMonoCol, ScPairCol
 from .tensor_product import PlanCache, _pow2, acc_dtype, interpreting, rows_of
 
 ROW_COLS = tl.constexpr(5)  # rows table: first term, end term, column base (x C), offset, stride

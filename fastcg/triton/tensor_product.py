@@ -38,9 +38,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..descriptor import MODE_RULES, MODES, PathCol
+from ..descriptors import MODE_RULES, MODES, PathCol
 
-UVW, UVU, UUU, UVV, UUW = 0, 1, 2, 3, 4  # fastcg.descriptor.MODES order
+UVW, UVU, UUU, UVV, UUW = 0, 1, 2, 3, 4  # fastcg.descriptors.MODES order
 
 OUT_ROWS, OUT_ATOMIC, OUT_SEGMENT = 0, 1, 2  # how the product writes its output rows
 

@@ -16,7 +16,7 @@ from test_kernels import _close
 
 import fastcg
 from fastcg import reference
-from fastcg.descriptor import LinCol, PathCol
+from fastcg.descriptors import LinCol, PathCol
 from fastcg.ops.linear import linear_tables
 from fastcg.ops.symmetric_contraction import (
     symmetric_contraction_descriptor,

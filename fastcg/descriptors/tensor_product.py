@@ -1,22 +1,23 @@
-"""Tensor-product and linear descriptors: the math of an op as plain data.
+"""The tensor-product descriptor: the math of an e3nn ``TensorProduct`` as plain data.
 
-A descriptor lists the CG paths of an e3nn ``TensorProduct`` (or ``Linear``) with their
-normalisation constants already folded in. ``tensors()`` packs it into the int64 / float64
-tables every kernel reads, so C++, Triton and CUDA see exactly the same numbers.
+A descriptor lists the CG paths of an e3nn ``TensorProduct`` with their normalisation constants
+already folded in. ``tables()`` packs it into the int64 / float64 tables every kernel reads (a
+:class:`TPTables`, which TorchScript takes), so C++, Triton and CUDA see exactly the same
+numbers. What every descriptor shares lives here too: the specification errors, the kernels'
+connection modes and :func:`tables_on`, the per-device copy of a descriptor's tables.
 """
-
-from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
 from enum import IntEnum
 from math import sqrt
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
-from .cg import sparse_cg
-from .irreps import irreps, offsets
+from ..cg import sparse_cg
+from ..irreps import irreps, offsets
 
 
 class InvalidSpecification(ValueError, AssertionError):
@@ -115,7 +116,7 @@ class ModeRule:
                  (mul2 == mul_out, "mul_out == mul2"))  # fmt: skip
         return [what for shared, (ok, what) in zip(self.equal, rules) if shared and not ok]
 
-    def transpose(self, perm: tuple[int, int, int]) -> ModeRule:
+    def transpose(self, perm: tuple[int, int, int]) -> "ModeRule":
         """The mode of the product whose role n is this one's role perm[n] (0 x1, 1 x2, 2 out):
         the backward's products (grad x1 = product of grad out and x2 into x1's place, ...)."""
         eq = {(0, 1): self.equal[0], (0, 2): self.equal[1], (1, 2): self.equal[2]}
@@ -130,32 +131,21 @@ class ModeRule:
 MODE_RULES = {m: ModeRule(m) for m in MODES}
 # Column orders of the int64 tables the kernels read: the one Python naming of each, mirrored
 # by the enums of csrc/core/common.h (PathCol, LinCol) and csrc/core/symmetric_contraction.h
-# (ScMonoCol, ScPairCol, ScEntryCol); tests/test_table_columns.py compares the two sides.
+# (ScMonoCol, ScPairCol, ScEntryCol); tests/test_table_columns.py compares the two sides. Each
+# descriptor's module names its own tables' columns, this one the tensor product's.
 # Path table of a tensor product (TPDescriptor.tensors), read by csrc/core/tp.h.
 PATH_COLUMNS = (
     "mode", "l1", "l2", "l3", "mul1", "mul2", "mul_out",
     "off1", "off2", "off_out", "w_off", "cg_begin", "cg_end",
 )  # fmt: skip
-# Path table of a linear layer (LinearDescriptor.tensors).
-LINEAR_COLUMNS = ("mul_in", "mul_out", "ir_dim", "off_in", "off_out", "w_off")
-# Symmetric contraction tables (SymmetricContractionDescriptor.tensors): monomial = parent
-# monomial (-1 for a single variable) times variable var; pair = output column out, monomial
-# mono; entry = pair, weight row k. Its out_cols table (start, dim) has no C++ enum.
-SC_MONO_COLUMNS = ("parent", "var")
-SC_PAIR_COLUMNS = ("out", "mono")
-SC_ENTRY_COLUMNS = ("pair", "k")
 
 
-def _columns(name: str, columns: tuple[str, ...]) -> type[IntEnum]:
+def column_enum(name: str, columns: tuple[str, ...]) -> type[IntEnum]:
     """An IntEnum of a table's columns: ``paths[:, PathCol.w_off]`` instead of ``paths[:, 10]``."""
     return IntEnum(name, [(c, i) for i, c in enumerate(columns)])
 
 
-PathCol = _columns("PathCol", PATH_COLUMNS)
-LinCol = _columns("LinCol", LINEAR_COLUMNS)
-ScMonoCol = _columns("ScMonoCol", SC_MONO_COLUMNS)
-ScPairCol = _columns("ScPairCol", SC_PAIR_COLUMNS)
-ScEntryCol = _columns("ScEntryCol", SC_ENTRY_COLUMNS)
+PathCol = column_enum("PathCol", PATH_COLUMNS)
 
 
 def weight_shape(mode: str, mul1: int, mul2: int, mul_out: int) -> tuple[int, ...]:
@@ -216,6 +206,27 @@ class Path:
         return int(torch.Size(self.weight_shape).numel()) if self.has_weight else 0
 
 
+# Real annotations (this module has no `from __future__ import annotations`): TorchScript
+# would resolve string ones in the scripted caller's module (pytorch #95858).
+class TPTables(NamedTuple):
+    """A tensor product's packed tables and sizes (``TPDescriptor.tables(device)``): what
+    ``fastcg.tensor_product`` and the ``fastcg.conv`` ops take. TorchScript accepts it, so
+    ``fastcg.nn`` modules build one from their buffers in ``forward``.
+
+    ``paths`` int64 [P, 13] (PATH_COLUMNS), ``cg_index`` int64 [NNZ, 3] and ``cg_value`` float64
+    [NNZ] (the CG entries times each path's normalisation) are what the kernels read; ``dim1``,
+    ``dim2``, ``dim_out`` and ``weight_numel`` are the op's sizes.
+    """
+
+    paths: Tensor
+    cg_index: Tensor
+    cg_value: Tensor
+    dim1: int
+    dim2: int
+    dim_out: int
+    weight_numel: int
+
+
 @dataclass(frozen=True)
 class TPDescriptor:
     """All paths of a tensor product, in e3nn's instruction order.
@@ -239,12 +250,22 @@ class TPDescriptor:
         # never traces the packing (or e3nn's wigner_3j behind it).
         object.__setattr__(self, "_tables", _pack(self))
 
-    def tensors(
-        self, device: torch.device | str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def tensors(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(paths int64 [P, 13] (PATH_COLUMNS), cg_index int64 [NNZ, 3], cg_value float64 [NNZ]),
         on ``device`` when given (copied once per device)."""
         return tables_on(self, self._tables, device)
+
+    def tables(self, device: torch.device | str | None = None) -> TPTables:
+        """What the tensor-product and conv ops take: :meth:`tensors` (the same tensor objects on
+        every call) with the sizes.
+
+        >>> d = tensor_product_descriptor("1x1o", "1x1o", "1x0e", [(0, 0, 0, "uuu", False)])
+        >>> d.tables().dim_out, d.tables().paths.shape
+        (1, torch.Size([1, 13]))
+        """
+        paths, cg_index, cg_value = self.tensors(device)
+        return TPTables(paths, cg_index, cg_value, self.dim1, self.dim2, self.dim_out,
+                        self.weight_numel)  # fmt: skip
 
 
 def tables_on(owner: Any, tables: tuple, device: torch.device | str | None) -> tuple:
@@ -263,7 +284,7 @@ def tables_on(owner: Any, tables: tuple, device: torch.device | str | None) -> t
     return cache[key]
 
 
-def _pack(desc: TPDescriptor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pack(desc: TPDescriptor) -> tuple[Tensor, Tensor, Tensor]:
     rows, idx, val = [], [], []
     prev, begin = None, 0
     for p in desc.paths:
@@ -505,193 +526,3 @@ def from_e3nn(tp: Any) -> TPDescriptor:
     for i in ins:
         _check_instruction(i, tp.irreps_in1, tp.irreps_in2, tp.irreps_out)
     return _build(tp.irreps_in1, tp.irreps_in2, tp.irreps_out, ins)
-
-
-@dataclass(frozen=True)
-class LinearDescriptor:
-    """``e3nn.o3.Linear`` as data.
-
-    ``instructions`` are e3nn's ``(i_in, i_out, path_shape, path_weight)`` in e3nn's order, empty
-    paths included and biases (``i_in == -1``) last. ``paths`` are what the kernels run, the
-    non-empty weighted paths: (i_in, i_out, mul_in, mul_out, ir_dim, off_in, off_out, w_off,
-    coeff). ``dim_in``, ``dim_out`` and ``weight_numel`` are the op's sizes: with e3nn's channel
-    axes ``f_in`` / ``f_out`` the op sees x as ``[..., f_in * irreps_in.dim]``, the output as
-    ``[..., f_out * irreps_out.dim]`` and the weights as ``[f_in * f_out * n]`` (e3nn's
-    ``[f_in, f_out, n]`` flattened), with one path per (channel in, channel out, instruction).
-    """
-
-    irreps_in: str
-    irreps_out: str
-    paths: tuple[tuple[int, int, int, int, int, int, int, int, float], ...]
-    dim_in: int
-    dim_out: int
-    weight_numel: int
-    instructions: tuple[tuple[int, int, tuple[int, ...], float], ...] = ()
-    f_in: int | None = None
-    f_out: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_tables", _pack_linear(self))  # see TPDescriptor
-
-    def tensors(
-        self, device: torch.device | str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(paths int64 [P, 6] with LINEAR_COLUMNS, path_coeff float64 [P]), on ``device`` when
-        given (copied once per device)."""
-        return tables_on(self, self._tables, device)
-
-    @property
-    def bias_numel(self) -> int:
-        """Number of biases per output channel (e3nn's ``Linear.bias_numel``)."""
-        return sum(s[0] for i, _, s, _ in self.instructions if i == -1)
-
-
-# Fields of a LinearDescriptor.paths tuple (as _linear_build writes them), by which _pack_linear
-# picks the table's columns.
-LINEAR_PATH_FIELDS = (
-    "i_in", "i_out", "mul_in", "mul_out", "ir_dim", "off_in", "off_out", "w_off", "coeff",
-)  # fmt: skip
-
-
-def _pack_linear(desc: LinearDescriptor) -> tuple[torch.Tensor, torch.Tensor]:
-    cols = [LINEAR_PATH_FIELDS.index(c) for c in LINEAR_COLUMNS]
-    coeff = LINEAR_PATH_FIELDS.index("coeff")
-    rows = [[p[i] for i in cols] for p in desc.paths]
-    paths = torch.tensor(rows, dtype=torch.int64).reshape(-1, len(LINEAR_COLUMNS))
-    return paths, torch.tensor([p[coeff] for p in desc.paths], dtype=torch.float64)
-
-
-def _linear_pairs(instructions: Any, ir_in: Any, ir_out: Any) -> list[tuple[int, int]]:
-    """e3nn's ``(i_in, i_out)`` pairs, checked where e3nn's constructor raises."""
-    if instructions is None:  # e3nn's default: every pair of equal irreps
-        return [(i, o) for i, (_, a) in enumerate(ir_in) for o, (_, b) in enumerate(ir_out)
-                if a == b]  # fmt: skip
-    pairs = []
-    for ins in instructions:
-        try:
-            i, o = ins
-        except (TypeError, ValueError):
-            raise InvalidSpecification(
-                f"linear instruction {ins!r} must be (i_in, i_out)"
-            ) from None
-        try:
-            i, o = operator.index(i), operator.index(o)
-        except TypeError:
-            raise InvalidIndex(
-                f"linear instruction {ins!r}: the indices must be integers"
-            ) from None
-        # e3nn reads a negative index Python's way, and -1 as its bias marker: refused here
-        if not 0 <= i < len(ir_in):
-            raise InvalidIndex(f"linear instruction {(i, o)}: {i} is not a valid index for "
-                               f"irreps_in = {ir_in} ({len(ir_in)} blocks)")  # fmt: skip
-        if not 0 <= o < len(ir_out):
-            raise InvalidIndex(f"linear instruction {(i, o)}: {o} is not a valid index for "
-                               f"irreps_out = {ir_out} ({len(ir_out)} blocks)")  # fmt: skip
-        if ir_in[i].ir != ir_out[o].ir:
-            raise InvalidSpecification(
-                f"linear instruction {(i, o)}: irreps_in[{i}] = {ir_in[i]} "
-                f"and irreps_out[{o}] = {ir_out[o]} are different irreps"
-            )
-        pairs.append((i, o))
-    return pairs
-
-
-def _linear_biases(biases: Any, ir_out: Any) -> list[bool]:
-    """e3nn's per-output-block bias flags: ``True`` means every ``0e`` block."""
-    if biases is None:
-        return [False] * len(ir_out)
-    if isinstance(biases, bool):
-        return [biases and ir.is_scalar() for _, ir in ir_out]
-    biases = [bool(b) for b in biases]
-    if len(biases) != len(ir_out):
-        raise InvalidSpecification(
-            f"biases has {len(biases)} entries but irreps_out = {ir_out} has {len(ir_out)} blocks"
-        )
-    for o, (b, (_, ir)) in enumerate(zip(biases, ir_out)):
-        if b and not ir.is_scalar():
-            raise InvalidSpecification(f"biases[{o}]: only 0e outputs can have a bias, not {ir}")
-    return biases
-
-
-def _channels(f_in: Any, f_out: Any) -> tuple[int | None, int | None]:
-    if f_in is None and f_out is None:
-        return None, None
-    if f_in is None or f_out is None:  # e3nn breaks (TypeError or a wrong reshape) with one
-        raise InvalidSpecification(f"f_in and f_out go together, got f_in={f_in}, f_out={f_out}")
-    try:
-        f_in, f_out = operator.index(f_in), operator.index(f_out)
-    except TypeError:
-        raise InvalidSpecification(
-            f"f_in / f_out must be integers, got {f_in!r}, {f_out!r}"
-        ) from None
-    if f_in < 1 or f_out < 1:
-        raise InvalidSpecification(f"f_in and f_out must be >= 1, got {f_in}, {f_out}")
-    return f_in, f_out
-
-
-def linear_descriptor(
-    irreps_in: Any,
-    irreps_out: Any,
-    instructions: list[tuple[int, int]] | None = None,
-    path_normalization: str = "element",
-    *,
-    biases: bool | list[bool] = False,
-    f_in: int | None = None,
-    f_out: int | None = None,
-) -> LinearDescriptor:
-    """Descriptor of ``e3nn.o3.Linear`` with the same arguments.
-
-    Raises ``InvalidSpecification`` (a ValueError and an AssertionError; ``InvalidIndex`` for an
-    index out of range, also an IndexError) wherever e3nn's constructor raises.
-
-    >>> linear_descriptor("4x0e+2x1o", "3x0e+1x1o").weight_numel
-    14
-    """
-    ir_in, ir_out = irreps(irreps_in), irreps(irreps_out)
-    if path_normalization not in ("element", "path"):
-        raise InvalidSpecification(
-            f"path_normalization={path_normalization!r} is not one of e3nn's ('element', 'path')"
-        )
-    pairs = _linear_pairs(instructions, ir_in, ir_out)
-    bias = _linear_biases(biases, ir_out)
-    f_in, f_out = _channels(f_in, f_out)
-    ins = []
-    for i, o in pairs:  # e3nn's path weight: 1 / sqrt(fan-in of output block o)
-        norm = path_normalization == "element"
-        fan = sum(ir_in[j if norm else i].mul for j, p in pairs if p == o) * (f_in or 1)
-        ins.append((i, o, (ir_in[i].mul, ir_out[o].mul), (1.0 if fan == 0 else fan) ** -0.5))
-    ins += [(-1, o, (ir_out[o].dim,), 1.0) for o, b in enumerate(bias) if b]
-    return _linear_build(ir_in, ir_out, ins, f_in, f_out)
-
-
-def _linear_build(ir_in: Any, ir_out: Any, ins: list, f_in: int | None, f_out: int | None):
-    """Kernel paths of e3nn instructions ``(i_in, i_out, path_shape, path_weight)``."""
-    oi, oo = offsets(ir_in), offsets(ir_out)
-    weighted = [i for i in ins if i[0] != -1]
-    numel = sum(s[0] * s[1] for _, _, s, _ in weighted)
-    paths = []
-    for x in range(f_in or 1):
-        for y in range(f_out or 1):
-            w_off = (x * (f_out or 1) + y) * numel
-            for i, o, (mi, mo), coeff in weighted:
-                if mi * mo > 0:
-                    d = ir_in[i].ir.dim
-                    paths.append((i, o, mi, mo, d, x * ir_in.dim + oi[i], y * ir_out.dim + oo[o],
-                                  w_off, coeff))  # fmt: skip
-                w_off += mi * mo
-    fi, fo = f_in or 1, f_out or 1
-    return LinearDescriptor(
-        str(ir_in), str(ir_out), tuple(paths), fi * ir_in.dim, fo * ir_out.dim, fi * fo * numel,
-        tuple((i, o, tuple(s), float(c)) for i, o, s, c in ins), f_in, f_out,
-    )  # fmt: skip
-
-
-def linear_from_e3nn(module: Any) -> LinearDescriptor:
-    """Descriptor of an existing ``e3nn.o3.Linear`` (its path weights are final)."""
-    ir_in, ir_out = module.irreps_in, module.irreps_out
-    ins = [(i.i_in, i.i_out, tuple(i.path_shape), i.path_weight) for i in module.instructions]
-    _linear_pairs([i[:2] for i in ins if i[0] != -1], ir_in, ir_out)
-    f_in = f_out = None
-    if module.weight.dim() > 1:  # e3nn's weight is [f_in, f_out, n] with channel axes
-        f_in, f_out = module.weight.shape[0], module.weight.shape[1]
-    return _linear_build(ir_in, ir_out, ins, f_in, f_out)
