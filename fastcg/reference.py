@@ -1,7 +1,8 @@
 """Readable pure-PyTorch oracle of every fastcg op; runs on any device, differentiable by torch.
 
-Each function takes the same descriptor tables the kernels read, so the oracle also checks the
-tables. Tests compare these with e3nn and the kernels with these.
+Each function reads the same descriptor tables the kernels read (the NamedTuple of
+``descriptor.tables()``, or the descriptor itself), so the oracle also checks the tables. Tests
+compare these with e3nn and the kernels with these.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from .descriptors import (
     MODES,
     LinCol,
     LinearDescriptor,
+    LinearTables,
     PathCol,
     ScEntryCol,
     ScMonoCol,
     ScPairCol,
+    SymmetricContractionDescriptor,
+    SymmetricContractionTables,
     TPDescriptor,
+    TPTables,
 )
 from .irreps import to_channels
 
@@ -104,20 +109,17 @@ def _path_weight(row: list[int], weights: Tensor, batch: int, like: Tensor) -> T
     return w.reshape(-1, *shape).expand(batch, *shape)
 
 
-def tensor_product_tables(
-    x1: Tensor, x2: Tensor, weights: Tensor, paths: Tensor, cg_index: Tensor, cg_value: Tensor,
-    dim_out: int,
-) -> Tensor:  # fmt: skip
+def _tensor_product_rows(x1: Tensor, x2: Tensor, weights: Tensor, tables: TPTables) -> Tensor:
     """TP of 2-D x1 [B, dim1], x2 [B, dim2]; weights [numel] (shared) or [B, numel]."""
     batch = x1.shape[0]
-    out = x1.new_zeros(batch, dim_out)
-    for row in paths.tolist():
+    out = x1.new_zeros(batch, tables.dim_out)
+    for row in tables.paths.tolist():
         l1, l2, l3 = row[PathCol.l1], row[PathCol.l2], row[PathCol.l3]
         m1, m2, mo = row[PathCol.mul1], row[PathCol.mul2], row[PathCol.mul_out]
         o1, o2, oo = row[PathCol.off1], row[PathCol.off2], row[PathCol.off_out]
         a = x1[:, o1 : o1 + m1 * (2 * l1 + 1)].reshape(batch, m1, 2 * l1 + 1)
         b = x2[:, o2 : o2 + m2 * (2 * l2 + 1)].reshape(batch, m2, 2 * l2 + 1)
-        c = _dense_cg(row, cg_index, cg_value, x1)
+        c = _dense_cg(row, tables.cg_index, tables.cg_value, x1)
         w = _path_weight(row, weights, batch, x1)
         block = torch.einsum(_EINSUM[MODES[row[PathCol.mode]]], a, b, c, w).reshape(
             batch, mo * (2 * l3 + 1)
@@ -130,27 +132,33 @@ def _weights_or_empty(weights: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if weights is None else weights
 
 
+def _rows(t: Tensor, batch: torch.Size) -> Tensor:
+    """``t`` broadcast to ``batch`` and flattened to ``[batch.numel(), t.shape[-1]]`` (explicit
+    rows: a zero-width ``t`` has none to infer)."""
+    return t.expand(*batch, t.shape[-1]).reshape(batch.numel(), t.shape[-1])
+
+
 def tensor_product(
-    x1: Tensor, x2: Tensor, weights: Tensor | None, descriptor: TPDescriptor
+    x1: Tensor, x2: Tensor, weights: Tensor | None, tables: TPTables | TPDescriptor
 ) -> Tensor:
     """e3nn ``TensorProduct`` semantics: broadcast batch dims, shared or per-sample weights."""
+    t = tables.tables() if isinstance(tables, TPDescriptor) else tables
     w = _weights_or_empty(weights, x1)
     shared = w.dim() == 1
     batch = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1], () if shared else w.shape[:-1])
-    x1 = x1.expand(*batch, x1.shape[-1]).reshape(-1, x1.shape[-1])
-    x2 = x2.expand(*batch, x2.shape[-1]).reshape(-1, x2.shape[-1])
-    w = w if shared else w.expand(*batch, w.shape[-1]).reshape(-1, w.shape[-1])
-    out = tensor_product_tables(x1, x2, w, *descriptor.tensors(), descriptor.dim_out)
-    return out.reshape(*batch, descriptor.dim_out)
+    out = _tensor_product_rows(
+        _rows(x1, batch), _rows(x2, batch), w if shared else _rows(w, batch), t
+    )
+    return out.reshape(*batch, t.dim_out)
 
 
 def conv(
     x: Tensor, edge_attr: Tensor, weights: Tensor | None, src: Tensor, dst: Tensor,
-    num_nodes: int, descriptor: TPDescriptor,
+    num_nodes: int, tables: TPTables | TPDescriptor,
 ) -> Tensor:  # fmt: skip
     """``zeros(num_nodes, dim_out).index_add_(0, dst, TP(x[src], edge_attr, weights))``."""
-    msg = tensor_product(x[src.long()], edge_attr, weights, descriptor)
-    return msg.new_zeros(num_nodes, descriptor.dim_out).index_add(0, dst.long(), msg)
+    msg = tensor_product(x[src.long()], edge_attr, weights, tables)
+    return msg.new_zeros(num_nodes, msg.shape[-1]).index_add(0, dst.long(), msg)
 
 
 def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
@@ -158,68 +166,61 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     return src.new_zeros(dim_size, *src.shape[1:]).index_add(0, index.long(), src)
 
 
-def linear_tables(
-    x: Tensor, weights: Tensor, species: Tensor | None, paths: Tensor, path_coeff: Tensor,
-    dim_out: int,
+def linear(
+    x: Tensor, weights: Tensor, tables: LinearTables | LinearDescriptor,
+    species: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
-    """e3nn ``Linear`` of 2-D x [B, dim_in]; per-species weight rows when species is given."""
-    out = x.new_zeros(x.shape[0], dim_out)
+    """``e3nn.o3.Linear(irreps_in, irreps_out)(x)`` with these weights (no biases); with
+    ``species`` ([batch] integers), row b of x uses weight row ``species[b]``."""
+    t = tables.tables() if isinstance(tables, LinearDescriptor) else tables
+    flat = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+    out = flat.new_zeros(flat.shape[0], t.dim_out)
     w_all = weights if species is None else weights[species.long()]
-    for row, coeff in zip(paths.tolist(), path_coeff.tolist()):
+    for row, coeff in zip(t.paths.tolist(), t.path_coeff.tolist()):
         mi, mo, d = row[LinCol.mul_in], row[LinCol.mul_out], row[LinCol.ir_dim]
         oi, oo, w_off = row[LinCol.off_in], row[LinCol.off_out], row[LinCol.w_off]
-        xb = x[:, oi : oi + mi * d].reshape(-1, mi, d)
+        xb = flat[:, oi : oi + mi * d].reshape(-1, mi, d)
         w = w_all[..., w_off : w_off + mi * mo]
         if species is None:
             yb = torch.einsum("zui,uw->zwi", xb, w.reshape(mi, mo))
         else:
             yb = torch.einsum("zui,zuw->zwi", xb, w.reshape(-1, mi, mo))
-        out[:, oo : oo + mo * d] += coeff * yb.reshape(x.shape[0], mo * d)
-    return out
+        out[:, oo : oo + mo * d] += coeff * yb.reshape(flat.shape[0], mo * d)
+    return out.reshape(*x.shape[:-1], t.dim_out)
 
 
-def linear(
-    x: Tensor, weights: Tensor, descriptor: LinearDescriptor, species: Tensor | None = None
-) -> Tensor:
-    """``e3nn.o3.Linear(irreps_in, irreps_out)(x)`` with these weights (no biases)."""
-    flat = x.reshape(-1, x.shape[-1])
-    out = linear_tables(flat, weights, species, *descriptor.tensors(), descriptor.dim_out)
-    return out.reshape(*x.shape[:-1], descriptor.dim_out)
-
-
-def symmetric_contraction_tables(
-    x: Tensor, species: Tensor, weights: Tensor, monomials: Tensor, pairs: Tensor,
-    entries: Tensor, coeff: Tensor, out_cols: Tensor,
+def symmetric_contraction(
+    x: Tensor, species: Tensor, weights: Tensor,
+    tables: SymmetricContractionTables | SymmetricContractionDescriptor,
 ) -> Tensor:  # fmt: skip
-    """MACE product basis of x [N, C, D] with weights [S, K, C]; [N, C * dim_out] in mul_ir.
+    """MACE's product basis (``fastcg.symmetric_contraction``) of x [N, C, D] (or mul_ir
+    [N, C * D] with a descriptor) and weights [S, K, C]; [N, C * dim_out] in mul_ir.
 
     out[b, c, j] = sum_p A[species[b], p, c] * mono[b, c, n_p] over the pairs (j, n_p), with
     A[e, p, c] = sum over p's entries (k, coeff) of coeff * weights[e, k, c].
     """
+    if isinstance(tables, SymmetricContractionDescriptor):
+        if x.dim() == 2:
+            x = to_channels(x, tables.irreps_in, weights.shape[2])
+        tables = tables.tables()
     n, c = x.shape[0], x.shape[1]
     vals: list[Tensor] = []
-    for row in monomials.tolist():
+    for row in tables.monomials.tolist():
         parent, var = row[ScMonoCol.parent], row[ScMonoCol.var]
         xv = x[:, :, var]
         vals.append(xv if parent < 0 else vals[parent] * xv)
     mono = torch.stack(vals, dim=1) if vals else x.new_zeros(n, 0, c)  # [N, M, C]
-    pairs, entries = pairs.long().to(x.device), entries.long().to(x.device)
-    scaled = coeff.to(weights)[None, :, None] * weights[:, entries[:, ScEntryCol.k], :]
+    pairs, entries = tables.pairs.long().to(x.device), tables.entries.long().to(x.device)
+    scaled = tables.coeff.to(weights)[None, :, None] * weights[:, entries[:, ScEntryCol.k], :]
     a = weights.new_zeros(weights.shape[0], pairs.shape[0], c).index_add(
         1, entries[:, ScEntryCol.pair], scaled
     )
     terms = a[species.long()] * mono[:, pairs[:, ScPairCol.mono], :]  # [N, P, C]
+    out_cols = tables.out_cols
     acc = x.new_zeros(n, out_cols.shape[0], c).index_add(1, pairs[:, ScPairCol.out], terms)
     blocks = [acc[:, s : s + d, :].transpose(1, 2).reshape(n, c * d)
               for j, (s, d) in enumerate(out_cols.tolist()) if s == j]  # fmt: skip
     return torch.cat(blocks, dim=1) if blocks else x.new_zeros(n, 0)
-
-
-def symmetric_contraction(x: Tensor, species: Tensor, weights: Tensor, descriptor) -> Tensor:
-    """MACE's product basis (``fastcg.symmetric_contraction``); x [N, C, D] or mul_ir [N, C*D]."""
-    if x.dim() == 2:
-        x = to_channels(x, descriptor.irreps_in, weights.shape[2])
-    return symmetric_contraction_tables(x, species, weights, *descriptor.tensors())
 
 
 def symmetric_contraction_dense(

@@ -60,18 +60,16 @@ def test_tensor_product():
         _check(lambda a, b, c: fastcg.tensor_product(a, b, c, desc), tp, (x1, x2, w))
 
 
-def test_tensor_product_tables():
-    """The table-level entry point that fastcg.nn modules call with buffers as inputs."""
+def test_tensor_product_namedtuple():
+    """The op on a TPTables, as fastcg.nn modules call it with their buffers as inputs."""
     desc, tp = descriptor("uvu"), e3nn_tp("uvu", shared=True)
-    tables = desc.tensors()
+    tables = fastcg.TPTables(*(t.clone() for t in desc.tensors()), *desc.tables()[3:])
     x1 = torch.randn(6, desc.dim1, dtype=F64, requires_grad=True)
     x2 = torch.randn(6, desc.dim2, dtype=F64, requires_grad=True)
     w = torch.randn(desc.weight_numel, dtype=F64, requires_grad=True)
 
     def ours(a, b, c):
-        return fastcg.ops.tensor_product_tables(
-            a, b, c, *tables, desc.dim1, desc.dim2, desc.dim_out, desc.weight_numel
-        )
+        return fastcg.tensor_product(a, b, c, tables)
 
     with fastcg.use_backend("cpu"):
         _check(ours, tp, (x1, x2, w))

@@ -28,9 +28,10 @@ from nequip.nn.mlp import ScalarLinearLayer, ScalarMLPFunction
 from nequip.nn.model_modifier_utils import model_modifier, replace_submodules
 from torch import Tensor
 
+from fastcg.descriptors import TPTables
 from fastcg.nn import TensorProductConv
 from fastcg.nn.tensor_product import Float64Tables
-from fastcg.ops import conv_radial_tables, conv_tables
+from fastcg.ops import conv, conv_radial
 
 
 class FastCGTensorProductScatter(TensorProductScatter, Float64Tables):
@@ -82,18 +83,16 @@ class FastCGTensorProductScatter(TensorProductScatter, Float64Tables):
     ) -> Tensor:  # fmt: skip
         """``scatter(tp(x[edge_src], edge_attr, edge_weight), edge_dst, dim_size=len(x))``."""
         d1, d2, do, numel = self.dims
+        tables = TPTables(self._paths, self._cg_index, self._cg_value, d1, d2, do, numel)
         w = self._radial_weight
         if w is not None:
             if not torch.jit.is_scripting():
                 w = self._live_radial_weight()
-            return conv_radial_tables(
+            return conv_radial(
                 x, edge_attr, edge_weight, w * self._radial_alpha, edge_src, edge_dst, x.shape[0],
-                self._paths, self._cg_index, self._cg_value, d1, d2, do, numel,
+                tables,
             )  # fmt: skip
-        return conv_tables(
-            x, edge_attr, edge_weight, edge_src, edge_dst, x.shape[0], self._paths,
-            self._cg_index, self._cg_value, d1, d2, do, numel,
-        )  # fmt: skip
+        return conv(x, edge_attr, edge_weight, edge_src, edge_dst, x.shape[0], tables)
 
 
 class HiddenScalarMLPFunction(ScalarMLPFunction):

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..ops import conv_radial_tables, conv_tables, conv_tabulated_tables, spline_weights
+from ..ops import conv, conv_radial, conv_tabulated, spline_weights
 from .fc import FullyConnectedNet
 from .tensor_product import TensorProduct
 
@@ -57,10 +57,7 @@ class TensorProductConv(TensorProduct):
         w = self._get_weights(weight)
         if w is not None and not self.shared_weights and w.dim() != 2:
             raise ValueError(f"weight must have shape [num_edges, {self.weight_numel}]")
-        return conv_tables(
-            x, edge_attr, w, src, dst, num_nodes, self._paths, self._cg_index, self._cg_value,
-            self._in1_dim, self._in2_dim, self._out_dim, self.weight_numel,
-        )  # fmt: skip
+        return conv(x, edge_attr, w, src, dst, num_nodes, self.tables())
 
     def forward_radial(
         self, x: Tensor, edge_attr: Tensor, radial: Tensor, radial_weight: Tensor, src: Tensor,
@@ -71,11 +68,7 @@ class TensorProductConv(TensorProduct):
         layer of the radial MLP ``[E, K]``, ``radial_weight`` its last linear layer ``[K, ·]``."""
         if self.shared_weights or self.internal_weights:
             raise ValueError("forward_radial needs per-edge, external weights")
-        return conv_radial_tables(
-            x, edge_attr, radial, radial_weight, src, dst, num_nodes, self._paths,
-            self._cg_index, self._cg_value, self._in1_dim, self._in2_dim, self._out_dim,
-            self.weight_numel,
-        )  # fmt: skip
+        return conv_radial(x, edge_attr, radial, radial_weight, src, dst, num_nodes, self.tables())
 
 
 class RadialFusedConv(TensorProductConv):
@@ -150,10 +143,9 @@ class RadialFusedConv(TensorProductConv):
         # fused last layer once fuse_radial ran, else with whole weights
         table = self._radial_table
         if table is not None:
-            return conv_tabulated_tables(
+            return conv_tabulated(
                 x, edge_attr, weight.reshape(-1), table, self._table_step, src, dst, num_nodes,
-                self._paths, self._cg_index, self._cg_value, self._in1_dim, self._in2_dim,
-                self._out_dim, self.weight_numel,
+                self.tables(),
             )  # fmt: skip
         w = self._radial_weight
         if w is not None:

@@ -10,12 +10,13 @@ from torch import Tensor
 from ..descriptors import (
     InvalidSpecification,
     LinearDescriptor,
+    LinearTables,
     linear_descriptor,
     linear_from_e3nn,
 )
 from ..irreps import irreps as to_irreps
 from ..irreps import o3
-from ..ops import linear_tables
+from ..ops import linear
 from ..ops.tensor_product import broadcast
 from .tensor_product import Float64Tables, load_twin
 
@@ -179,6 +180,7 @@ class Linear(Float64Tables):
     def _linear(self, x: Tensor, weight: Tensor) -> Tensor:
         dim_in, dim_out = self._f_in * self._dim_in, self._f_out * self._dim_out
         n = self._op_weight_numel
+        tables = LinearTables(self._paths, self._path_coeff, dim_in, dim_out, n)
         if self._paths.shape[0] == 0:  # no non-empty path: zeros, as e3nn
             return x.new_zeros(list(x.shape[:-1]) + [dim_out])
         if self.shared_weights:
@@ -186,15 +188,14 @@ class Linear(Float64Tables):
                 raise ValueError(f"weight must have {n} elements ([{self._f_in}, {self._f_out}, "
                                  f"{self.weight_numel}] or [{self.weight_numel}]), got shape "
                                  f"{list(weight.shape)}")  # fmt: skip
-            return linear_tables(x, weight.reshape(n), None, self._paths, self._path_coeff,
-                                 dim_in, dim_out, n)  # fmt: skip
+            return linear(x, weight.reshape(n), tables)
         # Per-sample weights: row b of the batch is its own "species" with weights w[b].
         w = self._per_sample(weight)
         batch = broadcast(list(x.shape[:-1]), list(w.shape[:-1]))
         x = x.expand(batch + [dim_in]).reshape(-1, dim_in)
         w = w.expand(batch + [n]).reshape(-1, n)
         species = torch.arange(x.shape[0], device=x.device)
-        out = linear_tables(x, w, species, self._paths, self._path_coeff, dim_in, dim_out, n)
+        out = linear(x, w, tables, species)
         return out.reshape(batch + [dim_out])
 
     def _per_sample(self, weight: Tensor) -> Tensor:

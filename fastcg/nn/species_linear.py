@@ -6,9 +6,9 @@ import torch
 from torch import Tensor
 
 from ..cg import wigner_3j
-from ..descriptors import linear_descriptor
+from ..descriptors import LinearTables, linear_descriptor
 from ..irreps import irreps as to_irreps
-from ..ops import linear_tables
+from ..ops import linear
 from .symmetric_contraction import one_hot_species
 from .tensor_product import Float64Tables, copy_persistent_buffers, without_e3nn_codegen
 
@@ -109,5 +109,6 @@ class SpeciesLinear(Float64Tables):
         species = one_hot_species(species)
         if self.weight_numel == 0:
             return x.new_zeros(list(x.shape[:-1]) + [self._dim_out])
-        return linear_tables(x, self.species_weights(), species, self._paths, self._path_coeff,
-                             self._dim_in, self._dim_out, self.weight_numel)  # fmt: skip
+        tables = LinearTables(self._paths, self._path_coeff, self._dim_in, self._dim_out,
+                              self.weight_numel)  # fmt: skip
+        return linear(x, self.species_weights(), tables, species)

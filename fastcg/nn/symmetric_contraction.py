@@ -8,10 +8,11 @@ from torch import Tensor
 from ..irreps import irreps as to_irreps
 from ..ops.symmetric_contraction import (
     SymmetricContractionDescriptor,
+    SymmetricContractionTables,
     channel_irreps,
     descriptor_from_coupling,
+    symmetric_contraction,
     symmetric_contraction_descriptor,
-    symmetric_contraction_tables,
 )
 from .tensor_product import Float64Tables, copy_persistent_buffers
 
@@ -107,10 +108,11 @@ class SymmetricContraction(Float64Tables):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """x ``[N, C, D]``, y one-hot ``[N, num_elements]`` or species ``[N]``."""
         species = one_hot_species(y)
-        return symmetric_contraction_tables(
-            x, species, self.weights(), self._monomials, self._pairs, self._entries, self._coeff,
-            self._out_cols, self._dim_in, self.weight_numel,
+        tables = SymmetricContractionTables(
+            self._monomials, self._pairs, self._entries, self._coeff, self._out_cols,
+            self._dim_in, self.weight_numel,
         )  # fmt: skip
+        return symmetric_contraction(x, species, self.weights(), tables)
 
 
 def one_hot_species(y: Tensor) -> Tensor:

@@ -17,13 +17,14 @@ from torch import Tensor
 from ..descriptors import (
     InvalidSpecification,
     TPDescriptor,
+    TPTables,
     from_e3nn,
     tensor_product_descriptor,
     weight_shape,
 )
 from ..irreps import irreps as to_irreps
 from ..irreps import o3
-from ..ops import tensor_product_tables
+from ..ops import tensor_product
 
 _E3NN_CODEGEN = ("_compiled_main_left_right", "_compiled_main_right")
 
@@ -255,11 +256,12 @@ class TensorProduct(Float64Tables):
         """``x[..., irreps_in1.dim] ⊗ y[..., irreps_in2.dim] -> [..., irreps_out.dim]``."""
         if not torch.jit.is_scripting():
             weight = self._prep_weights_python(weight)
-        w = self._get_weights(weight)
-        return tensor_product_tables(
-            x, y, w, self._paths, self._cg_index, self._cg_value, self._in1_dim, self._in2_dim,
-            self._out_dim, self.weight_numel,
-        )  # fmt: skip
+        return tensor_product(x, y, self._get_weights(weight), self.tables())
+
+    def tables(self) -> TPTables:
+        """The op's tables: the buffers (they follow ``.to()``) and the sizes."""
+        return TPTables(self._paths, self._cg_index, self._cg_value, self._in1_dim,
+                        self._in2_dim, self._out_dim, self.weight_numel)  # fmt: skip
 
     @torch.jit.export
     def right(self, y: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -274,10 +276,7 @@ class TensorProduct(Float64Tables):
         if w is not None and not self.shared_weights:
             w = w.unsqueeze(-2)  # batch dims of y and w, then one row per x1 component
         eye = torch.eye(self._in1_dim, dtype=y.dtype, device=y.device)
-        return tensor_product_tables(
-            eye, y.unsqueeze(-2), w, self._paths, self._cg_index, self._cg_value, self._in1_dim,
-            self._in2_dim, self._out_dim, self.weight_numel,
-        )  # fmt: skip
+        return tensor_product(eye, y.unsqueeze(-2), w, self.tables())
 
     @torch.jit.unused
     def weight_view_for_instruction(self, instruction: int, weight: Tensor | None = None) -> Tensor:
@@ -339,7 +338,7 @@ class FullyConnectedTensorProduct(TensorProduct):
     """``e3nn.o3.FullyConnectedTensorProduct``: every allowed path, mode uvw, with weights.
 
     >>> FullyConnectedTensorProduct("2x0e+1x1o", "1x1o", "3x1o").weight_numel
-    9
+    6
     """
 
     def __init__(

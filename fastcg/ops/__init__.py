@@ -1,35 +1,26 @@
-"""One registered boundary per op: typed wrappers, input checks, fake kernels, autograd."""
+"""One registered boundary per op: typed wrappers, input checks, fake kernels, autograd.
 
-from .conv import (
-    conv,
-    conv_radial,
-    conv_radial_tables,
-    conv_tables,
-    conv_tabulated,
-    conv_tabulated_tables,
-    sort_edges,
-    spline_weights,
-)
-from .linear import linear, linear_tables
+Each op has one entry point, taking its descriptor's NamedTuple of tables
+(``descriptor.tables(device)``: what TorchScript and the ``fastcg.nn`` modules pass) or, in eager
+Python, the descriptor itself.
+"""
+
+from .conv import conv, conv_radial, conv_tabulated, sort_edges, spline_weights
+from .linear import linear
 from .scatter import scatter_sum
 from .spherical_harmonics import spherical_harmonics
 from .symmetric_contraction import (
     SymmetricContractionDescriptor,
     symmetric_contraction,
     symmetric_contraction_descriptor,
-    symmetric_contraction_tables,
 )
-from .tensor_product import tensor_product, tensor_product_tables
+from .tensor_product import tensor_product
 
 __all__ = [
     "conv",
     "conv_radial",
-    "conv_radial_tables",
-    "conv_tables",
     "conv_tabulated",
-    "conv_tabulated_tables",
     "linear",
-    "linear_tables",
     "scatter_sum",
     "sort_edges",
     "spline_weights",
@@ -37,7 +28,5 @@ __all__ = [
     "SymmetricContractionDescriptor",
     "symmetric_contraction",
     "symmetric_contraction_descriptor",
-    "symmetric_contraction_tables",
     "tensor_product",
-    "tensor_product_tables",
 ]

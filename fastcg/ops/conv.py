@@ -5,7 +5,7 @@ from torch import Tensor
 
 from .. import reference
 from ..backend import namespace
-from ..descriptors import TPDescriptor
+from ..descriptors import TPDescriptor, TPTables
 from ._autograd import register_forward_autograd
 from ._checks import (
     check_dims,
@@ -21,15 +21,15 @@ from ._trilinear import _add, double_backward, present, weighted_paths
 
 
 def _check_graph(
-    x: Tensor, edge_attr: Tensor, src: Tensor, dst: Tensor, num_nodes: int, dim1: int, dim2: int
+    x: Tensor, edge_attr: Tensor, src: Tensor, dst: Tensor, num_nodes: int, tables: TPTables
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The checks every conv flavour shares: features, edge attributes, indices."""
     check_float(x, "x")
     check_same(edge_attr, x, "edge_attr", "x")
     check_dims(x, 2, "x")
     check_dims(edge_attr, 2, "edge_attr")
-    check_last_dim(x, dim1, "x")
-    check_last_dim(edge_attr, dim2, "edge_attr")
+    check_last_dim(x, tables.dim1, "x")
+    check_last_dim(edge_attr, tables.dim2, "edge_attr")
     if num_nodes < 0:
         raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
     num_edges = edge_attr.shape[0]
@@ -41,35 +41,58 @@ def _check_graph(
     return x.contiguous(), edge_attr.contiguous(), src, dst
 
 
-def conv_tables(
+def _tables_of(tables: TPTables, x: Tensor) -> TPTables:
+    """``tables``, or in eager Python a TPDescriptor's tables on x's device."""
+    if not torch.jit.is_scripting():
+        if isinstance(tables, TPDescriptor):
+            return tables.tables(x.device)
+    return tables
+
+
+def conv(
     x: Tensor, edge_attr: Tensor, weights: Tensor | None, src: Tensor, dst: Tensor,
-    num_nodes: int, paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim1: int, dim2: int,
-    dim_out: int, weight_numel: int,
+    num_nodes: int, tables: TPTables,
 ) -> Tensor:  # fmt: skip
-    """Fused convolution from descriptor tables (what ``fastcg.nn`` modules call; scriptable)."""
-    x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, dim1, dim2)
+    """``zeros(num_nodes, dim_out).index_add_(0, dst, TP(x[src], edge_attr, weights))``, fused.
+
+    Edges point from ``src`` (sender) to ``dst`` (receiver). Per-edge messages are never
+    materialised; the result does not depend on the thread count. ``tables`` is a
+    :class:`~fastcg.descriptors.TPTables` (``descriptor.tables(device)``; what TorchScript
+    takes) or, in eager Python, the :class:`~fastcg.descriptors.TPDescriptor` itself.
+    """
+    tables = _tables_of(tables, x)
+    x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, tables)
     num_edges = edge_attr.shape[0]
-    w = check_weights(weights, weight_numel, x, "weights")
+    numel = tables.weight_numel
+    w = check_weights(weights, numel, x, "weights")
     if w.dim() > 1 and (w.dim() != 2 or w.shape[0] != num_edges):
-        raise ValueError(f"weights must be [{weight_numel}] or [{num_edges}, {weight_numel}]")
+        raise ValueError(f"weights must be [{numel}] or [{num_edges}, {numel}]")
     w = w.contiguous()
-    tables = (paths, cg_index, cg_value.to(torch.float64))
     if not torch.jit.is_scripting():
         ns = namespace(x.is_cuda, "conv")
         if ns != "fastcg":
-            return _other(ns, x, edge_attr, w, src, dst, num_nodes, *tables, dim_out)
+            return _other(ns, x, edge_attr, w, src, dst, num_nodes, tables)
+    cg_value = tables.cg_value.to(torch.float64)
     return torch.ops.fastcg.conv(
-        x, edge_attr, w, src, dst, num_nodes, tables[0], tables[1], tables[2], dim_out
-    )
+        x, edge_attr, w, src, dst, num_nodes, tables.paths, tables.cg_index, cg_value,
+        tables.dim_out,
+    )  # fmt: skip
 
 
-def conv_radial_tables(
+def conv_radial(
     x: Tensor, edge_attr: Tensor, radial: Tensor, radial_weight: Tensor, src: Tensor,
-    dst: Tensor, num_nodes: int, paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim1: int,
-    dim2: int, dim_out: int, weight_numel: int,
+    dst: Tensor, num_nodes: int, tables: TPTables,
 ) -> Tensor:  # fmt: skip
-    """:func:`conv_radial` from descriptor tables (what ``fastcg.nn`` modules call; scriptable)."""
-    x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, dim1, dim2)
+    """``conv(x, edge_attr, radial @ radial_weight, src, dst, num_nodes, tables)``, without
+    ever holding the ``[num_edges, weight_numel]`` weights (or their gradient) whole.
+
+    ``radial`` is ``[num_edges, K]`` (the last hidden layer of a radial MLP), ``radial_weight``
+    ``[K, weight_numel]`` (its last, linear layer). The fastcg kernels run the product in chunks
+    of destination nodes; the reference and Triton backends form the weights whole. ``tables``
+    as in :func:`conv`.
+    """
+    tables = _tables_of(tables, x)
+    x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, tables)
     num_edges = edge_attr.shape[0]
     for t, name in ((radial, "radial"), (radial_weight, "radial_weight")):
         check_float(t, name)
@@ -77,54 +100,63 @@ def conv_radial_tables(
         check_dims(t, 2, name)
     if radial.shape[0] != num_edges:
         raise ValueError(f"radial must have {num_edges} rows (edges), got {list(radial.shape)}")
-    if weight_numel == 0 or radial_weight.shape != (radial.shape[1], weight_numel):
+    numel = tables.weight_numel
+    if numel == 0 or radial_weight.shape != (radial.shape[1], numel):
         raise ValueError(
-            f"radial_weight must have shape [{radial.shape[1]}, {weight_numel}] "
+            f"radial_weight must have shape [{radial.shape[1]}, {numel}] "
             f"(radial.shape[1], weight_numel > 0), got {list(radial_weight.shape)}"
         )
     radial, radial_weight = radial.contiguous(), radial_weight.contiguous()
-    tables = (paths, cg_index, cg_value.to(torch.float64))
     if not torch.jit.is_scripting():
         ns = namespace(x.is_cuda, "conv")
         if ns != "fastcg":  # these backends take the weights whole
             w = radial @ radial_weight
-            return _other(ns, x, edge_attr, w, src, dst, num_nodes, *tables, dim_out)
+            return _other(ns, x, edge_attr, w, src, dst, num_nodes, tables)
+    cg_value = tables.cg_value.to(torch.float64)
     return torch.ops.fastcg.conv_radial(
-        x, edge_attr, radial, radial_weight, src, dst, num_nodes, tables[0], tables[1],
-        tables[2], dim_out,
+        x, edge_attr, radial, radial_weight, src, dst, num_nodes, tables.paths, tables.cg_index,
+        cg_value, tables.dim_out,
     )  # fmt: skip
 
 
-def conv_tabulated_tables(
+def conv_tabulated(
     x: Tensor, edge_attr: Tensor, r: Tensor, table: Tensor, step: float, src: Tensor,
-    dst: Tensor, num_nodes: int, paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim1: int,
-    dim2: int, dim_out: int, weight_numel: int,
+    dst: Tensor, num_nodes: int, tables: TPTables,
 ) -> Tensor:  # fmt: skip
-    """:func:`conv_tabulated` from descriptor tables (what ``fastcg.nn`` modules call)."""
-    x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, dim1, dim2)
+    """``conv(x, edge_attr, w(r), src, dst, num_nodes, tables)`` with the per-edge weights
+    ``w(r)`` read from a cubic Hermite table at the edge lengths ``r [E]``.
+
+    ``table [G + 1, 2, weight_numel]`` holds the values and the ``step``-scaled derivatives of
+    ``w`` at ``r = 0, step, ..., G step`` (:func:`fastcg.nn.radial_table` builds it). First
+    derivatives only (in ``x``, ``edge_attr`` and ``r``): an approximation for MD, never for
+    training. Lengths outside ``[0, G step]`` are an error (NaN rows on a GPU). ``tables`` as
+    in :func:`conv`.
+    """
+    tables = _tables_of(tables, x)
+    x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, tables)
     for t, name in ((r, "r"), (table, "table")):
         check_float(t, name)
         check_same(t, x, name, "x")
     check_dims(r, 1, "r")
     if r.shape[0] != edge_attr.shape[0]:
         raise ValueError(f"r must have {edge_attr.shape[0]} entries (edges), got {list(r.shape)}")
-    if table.dim() != 3 or table.shape[0] < 2 or table.shape[1:] != (2, weight_numel):
+    numel = tables.weight_numel
+    if table.dim() != 3 or table.shape[0] < 2 or table.shape[1:] != (2, numel):
         raise ValueError(
-            f"table must have shape [G + 1, 2, {weight_numel}] with G >= 1, got {list(table.shape)}"
+            f"table must have shape [G + 1, 2, {numel}] with G >= 1, got {list(table.shape)}"
         )
     if not step > 0:
         raise ValueError(f"step must be positive, got {step}")
     r, table = r.contiguous(), table.contiguous()
-    tables = (paths, cg_index, cg_value.to(torch.float64))
     if not torch.jit.is_scripting():
         if x.is_cuda or namespace(False, "conv") != "fastcg":
             # the C++ kernel is CPU-only: elsewhere the weights are formed whole
             w = spline_weights(r, table, step)
-            return conv_tables(x, edge_attr, w, src, dst, num_nodes, *tables, dim1, dim2,
-                               dim_out, weight_numel)  # fmt: skip
+            return conv(x, edge_attr, w, src, dst, num_nodes, tables)
+    cg_value = tables.cg_value.to(torch.float64)
     return torch.ops.fastcg.conv_tabulated(
-        x, edge_attr, r, table, step, src, dst, num_nodes, tables[0], tables[1], tables[2],
-        dim_out,
+        x, edge_attr, r, table, step, src, dst, num_nodes, tables.paths, tables.cg_index,
+        cg_value, tables.dim_out,
     )  # fmt: skip
 
 
@@ -151,71 +183,14 @@ def spline_weights(r: Tensor, table: Tensor, step: float) -> Tensor:
 @torch.jit.unused
 def _other(
     ns: str, x: Tensor, edge_attr: Tensor, w: Tensor, src: Tensor, dst: Tensor, num_nodes: int,
-    paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim_out: int,
+    tables: TPTables,
 ) -> Tensor:  # fmt: skip
     if ns == "reference":
-        msg = reference.tensor_product_tables(
-            x[src], edge_attr, w, paths, cg_index, cg_value, dim_out
-        )
-        return msg.new_zeros(num_nodes, dim_out).index_add(0, dst, msg)
+        return reference.conv(x, edge_attr, w, src, dst, num_nodes, tables)
+    t = tables
+    cg_value = t.cg_value.to(torch.float64)
     op = getattr(torch.ops, ns).conv
-    return op(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out)
-
-
-def conv(
-    x: Tensor, edge_attr: Tensor, weights: Tensor | None, src: Tensor, dst: Tensor,
-    num_nodes: int, descriptor: TPDescriptor,
-) -> Tensor:  # fmt: skip
-    """``zeros(num_nodes, dim_out).index_add_(0, dst, TP(x[src], edge_attr, weights))``, fused.
-
-    Edges point from ``src`` (sender) to ``dst`` (receiver). Per-edge messages are never
-    materialised; the result does not depend on the thread count.
-    """
-    tables = descriptor.tensors(x.device)
-    d = descriptor
-    return conv_tables(
-        x, edge_attr, weights, src, dst, num_nodes, *tables, d.dim1, d.dim2, d.dim_out,
-        d.weight_numel,
-    )  # fmt: skip
-
-
-def conv_radial(
-    x: Tensor, edge_attr: Tensor, radial: Tensor, radial_weight: Tensor, src: Tensor,
-    dst: Tensor, num_nodes: int, descriptor: TPDescriptor,
-) -> Tensor:  # fmt: skip
-    """``conv(x, edge_attr, radial @ radial_weight, src, dst, num_nodes, descriptor)``, without
-    ever holding the ``[num_edges, weight_numel]`` weights (or their gradient) whole.
-
-    ``radial`` is ``[num_edges, K]`` (the last hidden layer of a radial MLP), ``radial_weight``
-    ``[K, weight_numel]`` (its last, linear layer). The fastcg kernels run the product in chunks
-    of destination nodes; the reference and Triton backends form the weights whole.
-    """
-    tables = descriptor.tensors(x.device)
-    d = descriptor
-    return conv_radial_tables(
-        x, edge_attr, radial, radial_weight, src, dst, num_nodes, *tables, d.dim1, d.dim2,
-        d.dim_out, d.weight_numel,
-    )  # fmt: skip
-
-
-def conv_tabulated(
-    x: Tensor, edge_attr: Tensor, r: Tensor, table: Tensor, step: float, src: Tensor,
-    dst: Tensor, num_nodes: int, descriptor: TPDescriptor,
-) -> Tensor:  # fmt: skip
-    """``conv(x, edge_attr, w(r), src, dst, num_nodes, descriptor)`` with the per-edge weights
-    ``w(r)`` read from a cubic Hermite table at the edge lengths ``r [E]``.
-
-    ``table [G + 1, 2, weight_numel]`` holds the values and the ``step``-scaled derivatives of
-    ``w`` at ``r = 0, step, ..., G step`` (:func:`fastcg.nn.radial_table` builds it). First
-    derivatives only (in ``x``, ``edge_attr`` and ``r``): an approximation for MD, never for
-    training. Lengths outside ``[0, G step]`` are an error (NaN rows on a GPU).
-    """
-    tables = descriptor.tensors(x.device)
-    d = descriptor
-    return conv_tabulated_tables(
-        x, edge_attr, r, table, step, src, dst, num_nodes, *tables, d.dim1, d.dim2, d.dim_out,
-        d.weight_numel,
-    )  # fmt: skip
+    return op(x, edge_attr, w, src, dst, num_nodes, t.paths, t.cg_index, cg_value, t.dim_out)
 
 
 def sort_edges(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:

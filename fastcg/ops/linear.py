@@ -5,7 +5,7 @@ from torch import Tensor
 
 from .. import reference
 from ..backend import namespace
-from ..descriptors import LinearDescriptor
+from ..descriptors import LinearDescriptor, LinearTables
 from ._autograd import register_forward_autograd
 from ._checks import (
     check_float,
@@ -17,11 +17,24 @@ from ._checks import (
 )
 
 
-def linear_tables(
-    x: Tensor, weights: Tensor, species: Tensor | None, paths: Tensor, path_coeff: Tensor,
-    dim_in: int, dim_out: int, weight_numel: int,
-) -> Tensor:  # fmt: skip
-    """Equivariant linear map from descriptor tables (what ``fastcg.nn`` calls; scriptable)."""
+def linear(
+    x: Tensor, weights: Tensor, tables: LinearTables, species: Tensor | None = None
+) -> Tensor:
+    """``e3nn.o3.Linear(irreps_in, irreps_out)(x)`` with these weights (biases are the layer's).
+
+    With ``species`` ([batch] integers), ``weights`` is ``[num_species, weight_numel]`` and each
+    row of x uses its species' weights (MACE's element-dependent linears). ``tables`` is a
+    :class:`~fastcg.descriptors.LinearTables` (``descriptor.tables(device)``; what TorchScript
+    takes) or, in eager Python, the :class:`~fastcg.descriptors.LinearDescriptor` itself.
+
+    >>> d = fastcg.linear_descriptor("2x0e", "1x0e")
+    >>> fastcg.linear(torch.ones(2), torch.ones(d.weight_numel), d)
+    tensor([1.4142])
+    """
+    if not torch.jit.is_scripting():
+        if isinstance(tables, LinearDescriptor):
+            tables = tables.tables(x.device)
+    dim_in, dim_out, weight_numel = tables.dim_in, tables.dim_out, tables.weight_numel
     check_float(x, "x")
     check_last_dim(x, dim_in, "x")
     check_float(weights, "weights")
@@ -42,37 +55,22 @@ def linear_tables(
             )
         species = check_index(species, "species", weights.shape[0], x, "weights.shape[0]")
     weights = weights.contiguous()
-    path_coeff = path_coeff.to(torch.float64)
     shape = list(x.shape[:-1]) + [dim_out]
     if not torch.jit.is_scripting():
         ns = namespace(x.is_cuda, "linear")
         if ns != "fastcg":
-            return _other(ns, flat, weights, species, paths, path_coeff, dim_out).reshape(shape)
-    out = torch.ops.fastcg.linear(flat, weights, species, paths, path_coeff, dim_out)
+            return _other(ns, flat, weights, species, tables).reshape(shape)
+    coeff = tables.path_coeff.to(torch.float64)
+    out = torch.ops.fastcg.linear(flat, weights, species, tables.paths, coeff, dim_out)
     return out.reshape(shape)
 
 
 @torch.jit.unused
-def _other(
-    ns: str, x: Tensor, w: Tensor, species: Tensor | None, paths: Tensor, coeff: Tensor,
-    dim_out: int,
-) -> Tensor:  # fmt: skip
+def _other(ns: str, x: Tensor, w: Tensor, species: Tensor | None, tables: LinearTables) -> Tensor:
     if ns == "reference":
-        return reference.linear_tables(x, w, species, paths, coeff, dim_out)
-    return getattr(torch.ops, ns).linear(x, w, species, paths, coeff, dim_out)
-
-
-def linear(
-    x: Tensor, weights: Tensor, descriptor: LinearDescriptor, species: Tensor | None = None
-) -> Tensor:
-    """``e3nn.o3.Linear(irreps_in, irreps_out)(x)`` with these weights (biases are the layer's).
-
-    With ``species`` ([batch] integers), ``weights`` is ``[num_species, weight_numel]`` and each
-    row of x uses its species' weights (MACE's element-dependent linears).
-    """
-    paths, coeff = descriptor.tensors(x.device)
-    d = descriptor
-    return linear_tables(x, weights, species, paths, coeff, d.dim_in, d.dim_out, d.weight_numel)
+        return reference.linear(x, w, tables, species)
+    coeff = tables.path_coeff.to(torch.float64)
+    return getattr(torch.ops, ns).linear(x, w, species, tables.paths, coeff, tables.dim_out)
 
 
 def register(ns: str) -> None:

@@ -13,6 +13,7 @@ from .. import reference
 from ..backend import namespace
 from ..descriptors.symmetric_contraction import (  # noqa: F401  (re-exported)
     SymmetricContractionDescriptor,
+    SymmetricContractionTables,
     coupling_tensors,
     descriptor_from_coupling,
     symmetric_contraction_descriptor,
@@ -22,15 +23,30 @@ from ._autograd import register_forward_autograd
 from ._checks import check_float, check_index, check_same, fake_dtype, fake_same_device
 
 
-def symmetric_contraction_tables(
-    x: Tensor, species: Tensor, weights: Tensor, monomials: Tensor, pairs: Tensor,
-    entries: Tensor, coeff: Tensor, out_cols: Tensor, dim_in: int, weight_numel: int,
-) -> Tensor:  # fmt: skip
-    """Symmetric contraction from descriptor tables (what ``fastcg.nn`` calls; scriptable).
+def symmetric_contraction(
+    x: Tensor, species: Tensor, weights: Tensor, tables: SymmetricContractionTables
+) -> Tensor:
+    """MACE's product basis: ``[N, C * dim_out]`` (mul_ir) from x ``[N, C, dim_in]``, species
+    ``[N]`` and weights ``[num_species, weight_numel, C]``.
 
-    x ``[N, C, dim_in]``, species ``[N]`` integers, weights ``[S, weight_numel, C]``; returns
-    ``[N, C * dim_out]`` in mul_ir.
+    ``tables`` is a :class:`~fastcg.descriptors.SymmetricContractionTables`
+    (``descriptor.tables(device)``; what TorchScript takes) or, in eager Python, the
+    :class:`~fastcg.descriptors.SymmetricContractionDescriptor` itself, which also takes x in
+    mul_ir ``[N, C * dim_in]``.
+
+    >>> d = symmetric_contraction_descriptor("0e+1o", "0e", 2)
+    >>> symmetric_contraction(torch.randn(5, 3, 4), torch.zeros(5, dtype=torch.long),
+    ...                       torch.randn(1, d.weight_numel, 3), d).shape
+    torch.Size([5, 3])
     """
+    if not torch.jit.is_scripting():
+        if isinstance(tables, SymmetricContractionDescriptor):
+            if x.dim() == 2:
+                if weights.dim() != 3:
+                    raise ValueError(f"weights must be 3-D, got shape {list(weights.shape)}")
+                x = to_channels(x, tables.irreps_in, weights.shape[2])
+            tables = tables.tables(x.device)
+    dim_in, weight_numel = tables.dim_in, tables.weight_numel
     check_float(x, "x")
     if x.dim() != 3 or x.shape[2] != dim_in:
         raise ValueError(f"x must be [num_nodes, num_channels, {dim_in}], got {list(x.shape)}")
@@ -45,46 +61,31 @@ def symmetric_contraction_tables(
         raise ValueError(f"species must have shape [{x.shape[0]}], got {list(species.shape)}")
     species = check_index(species, "species", weights.shape[0], x, "weights.shape[0]")
     x, weights = x.contiguous(), weights.contiguous()
-    coeff = coeff.to(torch.float64)
     if not torch.jit.is_scripting():
         ns = namespace(x.is_cuda, "symmetric_contraction")
         if ns != "fastcg":
-            return _other(ns, x, species, weights, monomials, pairs, entries, coeff, out_cols)
+            return _other(ns, x, species, weights, tables)
+    t = tables
     return torch.ops.fastcg.symmetric_contraction(
-        x, species, weights, monomials, pairs, entries, coeff, out_cols
-    )
+        x, species, weights, t.monomials, t.pairs, t.entries, t.coeff.to(torch.float64),
+        t.out_cols,
+    )  # fmt: skip
 
 
 @torch.jit.unused
-def _other(ns: str, *args: Tensor) -> Tensor:
+def _other(
+    ns: str, x: Tensor, species: Tensor, weights: Tensor, tables: SymmetricContractionTables
+) -> Tensor:
     op = (
         None
         if ns == "reference"
         else getattr(getattr(torch.ops, ns), "symmetric_contraction", None)
     )
     if op is None:  # the reference, or a backend without this op
-        return reference.symmetric_contraction_tables(*args)
-    return op(*args)
-
-
-def symmetric_contraction(
-    x: Tensor, species: Tensor, weights: Tensor, descriptor: SymmetricContractionDescriptor
-) -> Tensor:
-    """MACE's product basis: ``[N, C * dim_out]`` (mul_ir) from x ``[N, C, dim_in]`` (or mul_ir
-    ``[N, C * dim_in]``), species ``[N]`` and weights ``[num_species, weight_numel, C]``.
-
-    >>> d = symmetric_contraction_descriptor("0e+1o", "0e", 2)
-    >>> symmetric_contraction(torch.randn(5, 3, 4), torch.zeros(5, dtype=torch.long),
-    ...                       torch.randn(1, d.weight_numel, 3), d).shape
-    torch.Size([5, 3])
-    """
-    if x.dim() == 2:
-        if weights.dim() != 3:
-            raise ValueError(f"weights must be 3-D, got shape {list(weights.shape)}")
-        x = to_channels(x, descriptor.irreps_in, weights.shape[2])
-    tables = descriptor.tensors(x.device)
-    d = descriptor
-    return symmetric_contraction_tables(x, species, weights, *tables, d.dim_in, d.weight_numel)
+        return reference.symmetric_contraction(x, species, weights, tables)
+    t = tables
+    coeff = t.coeff.to(torch.float64)
+    return op(x, species, weights, t.monomials, t.pairs, t.entries, coeff, t.out_cols)
 
 
 def register(ns: str) -> None:

@@ -5,7 +5,7 @@ from torch import Tensor
 
 from .. import reference
 from ..backend import namespace
-from ..descriptors import TPDescriptor
+from ..descriptors import TPDescriptor, TPTables
 from ._autograd import register_forward_autograd
 from ._checks import (
     check_float,
@@ -40,57 +40,49 @@ def _flat(t: Tensor, batch: list[int]) -> Tensor:
     return t.expand(batch + [size]).reshape(rows, size).contiguous()
 
 
-def tensor_product_tables(
-    x1: Tensor, x2: Tensor, weights: Tensor | None, paths: Tensor, cg_index: Tensor,
-    cg_value: Tensor, dim1: int, dim2: int, dim_out: int, weight_numel: int,
-) -> Tensor:  # fmt: skip
-    """Tensor product from descriptor tables (what ``fastcg.nn`` modules call; scriptable)."""
-    check_float(x1, "x1")
-    check_same(x2, x1, "x2", "x1")
-    check_last_dim(x1, dim1, "x1")
-    check_last_dim(x2, dim2, "x2")
-    w = check_weights(weights, weight_numel, x1, "weights")
-    batch = broadcast(list(x1.shape[:-1]), list(x2.shape[:-1]))
-    if w.dim() > 1:
-        batch = broadcast(batch, list(w.shape[:-1]))
-        w = _flat(w, batch)
-    a, b = _flat(x1, batch), _flat(x2, batch)
-    args = (paths, cg_index, cg_value.to(torch.float64))
-    if not torch.jit.is_scripting():
-        ns = namespace(x1.is_cuda, "tensor_product")
-        if ns != "fastcg":
-            return _other(ns, a, b, w, *args, dim_out).reshape(batch + [dim_out])
-    out = torch.ops.fastcg.tensor_product(a, b, w, args[0], args[1], args[2], dim_out)
-    return out.reshape(batch + [dim_out])
+def tensor_product(x1: Tensor, x2: Tensor, weights: Tensor | None, tables: TPTables) -> Tensor:
+    """e3nn ``TensorProduct`` of ``x1[..., dim1]`` and ``x2[..., dim2]`` given by ``tables``.
 
-
-@torch.jit.unused
-def _other(
-    ns: str, a: Tensor, b: Tensor, w: Tensor, paths: Tensor, cg_index: Tensor, cg_value: Tensor,
-    dim_out: int,
-) -> Tensor:  # fmt: skip
-    if ns == "reference":
-        return reference.tensor_product_tables(a, b, w, paths, cg_index, cg_value, dim_out)
-    return getattr(torch.ops, ns).tensor_product(a, b, w, paths, cg_index, cg_value, dim_out)
-
-
-def tensor_product(
-    x1: Tensor, x2: Tensor, weights: Tensor | None, descriptor: TPDescriptor
-) -> Tensor:
-    """e3nn ``TensorProduct`` of ``x1[..., dim1]`` and ``x2[..., dim2]`` given by ``descriptor``.
-
-    ``weights`` is ``[weight_numel]`` (shared), ``[..., weight_numel]`` (per sample) or None when
-    the descriptor has no weights.
+    ``tables`` is a :class:`~fastcg.descriptors.TPTables` (``descriptor.tables(device)``, or
+    built by a ``fastcg.nn`` module from its buffers; what TorchScript takes) or, in eager
+    Python, the :class:`~fastcg.descriptors.TPDescriptor` itself. ``weights`` is
+    ``[weight_numel]`` (shared), ``[..., weight_numel]`` (per sample) or None when the product
+    has no weights.
 
     >>> d = fastcg.tensor_product_descriptor("1x1o", "1x1o", "1x0e", [(0, 0, 0, "uuu", False)])
     >>> fastcg.tensor_product(torch.ones(3), torch.ones(3), None, d)
     tensor([1.7321])
     """
-    tables = descriptor.tensors(x1.device)
-    d = descriptor
-    return tensor_product_tables(
-        x1, x2, weights, *tables, d.dim1, d.dim2, d.dim_out, d.weight_numel
-    )
+    if not torch.jit.is_scripting():
+        if isinstance(tables, TPDescriptor):
+            tables = tables.tables(x1.device)
+    check_float(x1, "x1")
+    check_same(x2, x1, "x2", "x1")
+    check_last_dim(x1, tables.dim1, "x1")
+    check_last_dim(x2, tables.dim2, "x2")
+    w = check_weights(weights, tables.weight_numel, x1, "weights")
+    batch = broadcast(list(x1.shape[:-1]), list(x2.shape[:-1]))
+    if w.dim() > 1:
+        batch = broadcast(batch, list(w.shape[:-1]))
+        w = _flat(w, batch)
+    a, b = _flat(x1, batch), _flat(x2, batch)
+    dim_out = tables.dim_out
+    if not torch.jit.is_scripting():
+        ns = namespace(x1.is_cuda, "tensor_product")
+        if ns != "fastcg":
+            return _other(ns, a, b, w, tables).reshape(batch + [dim_out])
+    cg_value = tables.cg_value.to(torch.float64)
+    out = torch.ops.fastcg.tensor_product(a, b, w, tables.paths, tables.cg_index, cg_value, dim_out)
+    return out.reshape(batch + [dim_out])
+
+
+@torch.jit.unused
+def _other(ns: str, a: Tensor, b: Tensor, w: Tensor, tables: TPTables) -> Tensor:
+    if ns == "reference":
+        return reference.tensor_product(a, b, w, tables)
+    t = tables
+    cg_value = t.cg_value.to(torch.float64)
+    return getattr(torch.ops, ns).tensor_product(a, b, w, t.paths, t.cg_index, cg_value, t.dim_out)
 
 
 def register(ns: str) -> None:

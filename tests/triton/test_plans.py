@@ -17,12 +17,9 @@ from test_kernels import _close
 import fastcg
 from fastcg import reference
 from fastcg.descriptors import LinCol, PathCol
-from fastcg.ops.linear import linear_tables
-from fastcg.ops.symmetric_contraction import (
-    symmetric_contraction_descriptor,
-    symmetric_contraction_tables,
-)
-from fastcg.ops.tensor_product import tensor_product_tables
+from fastcg.ops.linear import linear
+from fastcg.ops.symmetric_contraction import symmetric_contraction, symmetric_contraction_descriptor
+from fastcg.ops.tensor_product import tensor_product
 from fastcg.testing import SYMMETRIC_CONTRACTION_CASES
 
 TOL = 1e-10  # float64
@@ -67,25 +64,27 @@ class Case:
                            torch.randn(2, d.weight_numel, 3, dtype=dt))  # fmt: skip
         self.tables = _fresh(d.tensors())
 
+    def named(self) -> tuple:
+        """The descriptor's NamedTuple with this case's table tensors."""
+        n = len(self.tables)
+        return type(self.d.tables())(*self.tables, *self.d.tables()[n:])
+
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        d, t = self.d, self.tables
+        t = self.named()
         inputs = inputs or self.inputs
         if self.op == "tensor_product":
-            return tensor_product_tables(*inputs, *t, d.dim1, d.dim2, d.dim_out, d.weight_numel)
+            return tensor_product(*inputs, t)
         if self.op == "linear":
-            return linear_tables(inputs[0], inputs[1], None, *t, d.dim_in, d.dim_out,
-                                 d.weight_numel)  # fmt: skip
-        return symmetric_contraction_tables(inputs[0], self.species, inputs[1], *t, d.dim_in,
-                                            d.weight_numel)  # fmt: skip
+            return linear(inputs[0], inputs[1], t)
+        return symmetric_contraction(inputs[0], self.species, inputs[1], t)
 
     def reference(self) -> torch.Tensor:
-        d, t = self.d, self.tables
+        t = self.named()
         if self.op == "tensor_product":
-            return reference.tensor_product_tables(*self.inputs, *t, d.dim_out)
+            return reference.tensor_product(*self.inputs, t)
         if self.op == "linear":
-            return reference.linear_tables(self.inputs[0], self.inputs[1], None, *t, d.dim_out)
-        return reference.symmetric_contraction_tables(self.inputs[0], self.species,
-                                                      self.inputs[1], *t)  # fmt: skip
+            return reference.linear(self.inputs[0], self.inputs[1], t)
+        return reference.symmetric_contraction(self.inputs[0], self.species, self.inputs[1], t)
 
     def plan(self, tables=None):
         """The plan the launcher gets for float64 CPU inputs."""
