@@ -115,3 +115,31 @@ def test_linear(species):
 
     with fastcg.use_backend("cpu"):
         _check(lambda a, b: fastcg.linear(a, b, desc, species=sp), theirs, (x, w))
+
+
+def test_entry_points_script_with_their_tables():
+    """TorchScript compiles every entry point with its descriptor's NamedTuple (what the fastcg.nn
+    modules pass in a scripted model); eager Python passes the descriptor: the same numbers."""
+    from fastcg.ops import symmetric_contraction, symmetric_contraction_descriptor
+
+    desc = descriptor("uvu")
+    lin = fastcg.linear_descriptor("3x0e+2x1o", "2x0e+3x1o")
+    sc = symmetric_contraction_descriptor("0e+1o", "0e+1o", 2)
+    x, y = torch.randn(5, desc.dim1, dtype=F64), torch.randn(12, desc.dim2, dtype=F64)
+    w = torch.randn(12, desc.weight_numel, dtype=F64)
+    src, dst = torch.randint(0, 5, (12,)), torch.randint(0, 5, (12,))
+    radial, rw = torch.randn(12, 4, dtype=F64), torch.randn(4, desc.weight_numel, dtype=F64)
+    r, table = torch.rand(12, dtype=F64), torch.randn(3, 2, desc.weight_numel, dtype=F64)
+    xl, wl = torch.randn(7, lin.dim_in, dtype=F64), torch.randn(lin.weight_numel, dtype=F64)
+    xs, ws = torch.randn(4, 3, sc.dim_in, dtype=F64), torch.randn(2, sc.weight_numel, 3, dtype=F64)
+    cases = [
+        (fastcg.tensor_product, (x[src], y, w), desc),
+        (fastcg.conv, (x, y, w, src, dst, 5), desc),
+        (fastcg.conv_radial, (x, y, radial, rw, src, dst, 5), desc),
+        (fastcg.conv_tabulated, (x, y, r, table, 1.0, src, dst, 5), desc),
+        (fastcg.linear, (xl, wl), lin),
+        (symmetric_contraction, (xs, torch.tensor([0, 1, 1, 0]), ws), sc),
+    ]
+    with fastcg.use_backend("cpu"):
+        for op, args, d in cases:
+            assert_close(torch.jit.script(op)(*args, d.tables()), op(*args, d))
