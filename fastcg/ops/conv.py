@@ -59,6 +59,12 @@ def conv(
     materialised; the result does not depend on the thread count. ``tables`` is a
     :class:`~fastcg.descriptors.TPTables` (``descriptor.tables(device)``; what TorchScript
     takes) or, in eager Python, the :class:`~fastcg.descriptors.TPDescriptor` itself.
+
+    >>> d = fastcg.tensor_product_descriptor("1x0e", "1x0e", "1x0e", [(0, 0, 0, "uvu", False)])
+    >>> src, dst = torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1])
+    >>> fastcg.conv(torch.ones(2, 1), torch.ones(3, 1), None, src, dst, 2, d.tables())
+    tensor([[1.],
+            [2.]])
     """
     tables = _tables_of(tables, x)
     x, edge_attr, src, dst = _check_graph(x, edge_attr, src, dst, num_nodes, tables)
