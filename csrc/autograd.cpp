@@ -1,9 +1,9 @@
-// First-order autograd of the forward ops, in C++ so that a process that only loads the library
-// (a TorchScript model in LAMMPS) gets forces. Each backward calls the *_backward op through the
-// dispatcher, mirroring fastcg/ops/*.py; those ops keep their Python-registered autograd, so
-// double backward works wherever the fastcg package is imported. Python processes use these
-// kernels too, without the Python autograd.Function's overhead: conv + scatter_sum forward and
-// backward on 8 nodes / 32 edges, 1 thread, 445 -> 320 us.
+// First-order autograd of the forward ops of both namespaces (fastcg, fastcg_triton), in C++ so
+// that a process that only loads the library (a TorchScript model in LAMMPS) gets forces, and
+// written once. Each backward calls the namespace's *_backward op through the dispatcher; those
+// ops have their autograd registered by fastcg/ops (Python), so double backward works wherever
+// the fastcg package is imported. Against a Python autograd.Function: conv + scatter_sum forward
+// and backward on 8 nodes / 32 edges, 1 thread, 445 -> 320 us.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
@@ -22,9 +22,19 @@ using torch::autograd::variable_list;
 using Tensor2 = std::tuple<Tensor, Tensor>;
 using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
 
-template <class Sig>
+// The op namespaces whose forward ops get these autograd kernels: fastcg (C++ and CUDA kernels)
+// and fastcg_triton (Triton kernels, same schemas: csrc/fastcg.cpp).
+struct Fastcg {
+  static constexpr const char* ns = "fastcg::";
+};
+struct FastcgTriton {
+  static constexpr const char* ns = "fastcg_triton::";
+};
+
+template <class Sig, class Ns>
 c10::TypedOperatorHandle<Sig> handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+  const std::string qualified = std::string(Ns::ns) + name;
+  return c10::Dispatcher::singleton().findSchemaOrThrow(qualified.c_str(), "").typed<Sig>();
 }
 
 // Runs the op's kernels below autograd (the ops are functional: nothing for ADInplaceOrView).
@@ -56,11 +66,12 @@ variable_list first_order(const c10::TypedOperatorHandle<Sig>& backward_op, vari
   return grads;
 }
 
-struct SphericalHarmonics : torch::autograd::Function<SphericalHarmonics> {
+template <class Ns>
+struct SphericalHarmonics : torch::autograd::Function<SphericalHarmonics<Ns>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& vectors, int64_t lmax, bool normalize,
                         const std::string& normalization) {
-    static const auto op = handle<Tensor(const Tensor&, int64_t, bool, const std::string&)>(
-        "fastcg::spherical_harmonics");
+    static const auto op =
+        handle<Tensor(const Tensor&, int64_t, bool, const std::string&), Ns>("spherical_harmonics");
     ctx->save_for_backward({vectors});
     ctx->saved_data["lmax"] = lmax;
     ctx->saved_data["normalize"] = normalize;
@@ -70,8 +81,8 @@ struct SphericalHarmonics : torch::autograd::Function<SphericalHarmonics> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op =
-        handle<Tensor(const Tensor&, const Tensor&, int64_t, bool, const std::string&)>(
-            "fastcg::spherical_harmonics_backward");
+        handle<Tensor(const Tensor&, const Tensor&, int64_t, bool, const std::string&), Ns>(
+            "spherical_harmonics_backward");
     const auto saved = ctx->get_saved_variables();
     const auto gv = op.call(grads[0].contiguous(), saved[0], ctx->saved_data["lmax"].toInt(),
                             ctx->saved_data["normalize"].toBool(),
@@ -85,17 +96,18 @@ using TPSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
 using TPBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                               const Tensor&, const Tensor&, const Tensor&, std::array<bool, 3>);
 
-struct TensorProduct : torch::autograd::Function<TensorProduct> {
+template <class Ns>
+struct TensorProduct : torch::autograd::Function<TensorProduct<Ns>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x1, const Tensor& x2, const Tensor& w,
                         const Tensor& paths, const Tensor& cg_index, const Tensor& cg_value,
                         int64_t dim_out) {
-    static const auto op = handle<TPSig>("fastcg::tensor_product");
+    static const auto op = handle<TPSig, Ns>("tensor_product");
     ctx->save_for_backward({x1, x2, w, paths, cg_index, cg_value});
     return below_autograd(op, x1, x2, w, paths, cg_index, cg_value, dim_out);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<TPBackwardSig>("fastcg::tensor_product_backward");
+    static const auto op = handle<TPBackwardSig, Ns>("tensor_product_backward");
     const auto s = ctx->get_saved_variables();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2)};
@@ -113,19 +125,20 @@ using ConvBackwardSig = Tensor3(const Tensor&, const Tensor&, const Tensor&, con
                                 const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const Tensor&, std::array<bool, 3>);
 
-struct Conv : torch::autograd::Function<Conv> {
+template <class Ns>
+struct Conv : torch::autograd::Function<Conv<Ns>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& edge_attr,
                         const Tensor& w, const Tensor& src, const Tensor& dst,
                         c10::SymInt num_nodes, const Tensor& paths, const Tensor& cg_index,
                         const Tensor& cg_value, int64_t dim_out) {
-    static const auto op = handle<ConvSig>("fastcg::conv");
+    static const auto op = handle<ConvSig, Ns>("conv");
     ctx->save_for_backward({x, edge_attr, w, src, dst, paths, cg_index, cg_value});
     return below_autograd(op, x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value,
                           dim_out);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<ConvBackwardSig>("fastcg::conv_backward");
+    static const auto op = handle<ConvBackwardSig, Ns>("conv_backward");
     const auto s = ctx->get_saved_variables();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2)};
@@ -143,12 +156,13 @@ using ConvRadialBackwardSig = Tensor4(const Tensor&, const Tensor&, const Tensor
                                       const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                       const Tensor&, const Tensor&, std::array<bool, 4>);
 
-struct ConvRadial : torch::autograd::Function<ConvRadial> {
+template <class Ns>
+struct ConvRadial : torch::autograd::Function<ConvRadial<Ns>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& edge_attr,
                         const Tensor& radial, const Tensor& radial_weight, const Tensor& src,
                         const Tensor& dst, c10::SymInt num_nodes, const Tensor& paths,
                         const Tensor& cg_index, const Tensor& cg_value, int64_t dim_out) {
-    static const auto op = handle<ConvRadialSig>("fastcg::conv_radial");
+    static const auto op = handle<ConvRadialSig, Ns>("conv_radial");
     ctx->save_for_backward(
         {x, edge_attr, radial, radial_weight, src, dst, paths, cg_index, cg_value});
     return below_autograd(op, x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths,
@@ -156,7 +170,7 @@ struct ConvRadial : torch::autograd::Function<ConvRadial> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<ConvRadialBackwardSig>("fastcg::conv_radial_backward");
+    static const auto op = handle<ConvRadialBackwardSig, Ns>("conv_radial_backward");
     const auto s = ctx->get_saved_variables();
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2), ctx->needs_input_grad(3)};
@@ -178,12 +192,13 @@ using ConvTabulatedBackwardSig = Tensor3(const Tensor&, const Tensor&, const Ten
 
 // First derivatives only, with or without the Python package: a tabulated radial serves MD
 // (forces, stress); training on forces differentiates the exact radial MLP instead.
-struct ConvTabulated : torch::autograd::Function<ConvTabulated> {
+template <class Ns>
+struct ConvTabulated : torch::autograd::Function<ConvTabulated<Ns>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& edge_attr,
                         const Tensor& r, const Tensor& table, double step, const Tensor& src,
                         const Tensor& dst, c10::SymInt num_nodes, const Tensor& paths,
                         const Tensor& cg_index, const Tensor& cg_value, int64_t dim_out) {
-    static const auto op = handle<ConvTabulatedSig>("fastcg::conv_tabulated");
+    static const auto op = handle<ConvTabulatedSig, Ns>("conv_tabulated");
     ctx->save_for_backward({x, edge_attr, r, table, src, dst, paths, cg_index, cg_value});
     ctx->saved_data["step"] = step;
     return below_autograd(op, x, edge_attr, r, table, step, src, dst, num_nodes, paths, cg_index,
@@ -191,7 +206,7 @@ struct ConvTabulated : torch::autograd::Function<ConvTabulated> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<ConvTabulatedBackwardSig>("fastcg::conv_tabulated_backward");
+    static const auto op = handle<ConvTabulatedBackwardSig, Ns>("conv_tabulated_backward");
     const auto s = ctx->get_saved_variables();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2)};
@@ -215,11 +230,12 @@ struct ConvTabulated : torch::autograd::Function<ConvTabulated> {
   }
 };
 
-struct ScatterSum : torch::autograd::Function<ScatterSum> {
+template <class Ns>
+struct ScatterSum : torch::autograd::Function<ScatterSum<Ns>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& src, const Tensor& index,
                         c10::SymInt dim_size) {
     static const auto op =
-        handle<Tensor(const Tensor&, const Tensor&, c10::SymInt)>("fastcg::scatter_sum");
+        handle<Tensor(const Tensor&, const Tensor&, c10::SymInt), Ns>("scatter_sum");
     ctx->save_for_backward({index});
     return below_autograd(op, src, index, dim_size);
   }
@@ -238,18 +254,19 @@ using LinearSig = Tensor(const Tensor&, const Tensor&, const Species&, const Ten
 using LinearBackwardSig = Tensor2(const Tensor&, const Tensor&, const Tensor&, const Species&,
                                   const Tensor&, const Tensor&, std::array<bool, 2>);
 
-struct Linear : torch::autograd::Function<Linear> {
+template <class Ns>
+struct Linear : torch::autograd::Function<Linear<Ns>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w,
                         const Species& species, const Tensor& paths, const Tensor& coeff,
                         int64_t dim_out) {
-    static const auto op = handle<LinearSig>("fastcg::linear");
+    static const auto op = handle<LinearSig, Ns>("linear");
     // An undefined saved tensor stands for "no species".
     ctx->save_for_backward({x, w, paths, coeff, species.value_or(Tensor())});
     return below_autograd(op, x, w, species, paths, coeff, dim_out);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<LinearBackwardSig>("fastcg::linear_backward");
+    static const auto op = handle<LinearBackwardSig, Ns>("linear_backward");
     const auto s = ctx->get_saved_variables();
     const Species species = s[4].defined() ? Species(s[4]) : std::nullopt;
     const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
@@ -264,17 +281,18 @@ using SCBackwardSig = Tensor2(const Tensor&, const Tensor&, const Tensor&, const
                               const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                               const Tensor&, std::array<bool, 2>);
 
-struct SymmetricContraction : torch::autograd::Function<SymmetricContraction> {
+template <class Ns>
+struct SymmetricContraction : torch::autograd::Function<SymmetricContraction<Ns>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& species,
                         const Tensor& w, const Tensor& monomials, const Tensor& pairs,
                         const Tensor& entries, const Tensor& coeff, const Tensor& out_cols) {
-    static const auto op = handle<SCSig>("fastcg::symmetric_contraction");
+    static const auto op = handle<SCSig, Ns>("symmetric_contraction");
     ctx->save_for_backward({x, species, w, monomials, pairs, entries, coeff, out_cols});
     return below_autograd(op, x, species, w, monomials, pairs, entries, coeff, out_cols);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<SCBackwardSig>("fastcg::symmetric_contraction_backward");
+    static const auto op = handle<SCBackwardSig, Ns>("symmetric_contraction_backward");
     const auto s = ctx->get_saved_variables();
     // species (input 1) is an index tensor: x is input 0, the weights input 2.
     const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(2)};
@@ -284,30 +302,35 @@ struct SymmetricContraction : torch::autograd::Function<SymmetricContraction> {
   }
 };
 
+template <class Ns>
 Tensor spherical_harmonics(const Tensor& vectors, int64_t lmax, bool normalize,
                            const std::string& normalization) {
-  return SphericalHarmonics::apply(vectors, lmax, normalize, normalization);
+  return SphericalHarmonics<Ns>::apply(vectors, lmax, normalize, normalization);
 }
 
+template <class Ns>
 Tensor tensor_product(const Tensor& x1, const Tensor& x2, const Tensor& w, const Tensor& paths,
                       const Tensor& cg_index, const Tensor& cg_value, int64_t dim_out) {
-  return TensorProduct::apply(x1, x2, w, paths, cg_index, cg_value, dim_out);
+  return TensorProduct<Ns>::apply(x1, x2, w, paths, cg_index, cg_value, dim_out);
 }
 
+template <class Ns>
 Tensor conv(const Tensor& x, const Tensor& edge_attr, const Tensor& w, const Tensor& src,
             const Tensor& dst, c10::SymInt num_nodes, const Tensor& paths, const Tensor& cg_index,
             const Tensor& cg_value, int64_t dim_out) {
-  return Conv::apply(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out);
+  return Conv<Ns>::apply(x, edge_attr, w, src, dst, num_nodes, paths, cg_index, cg_value, dim_out);
 }
 
+template <class Ns>
 Tensor conv_radial(const Tensor& x, const Tensor& edge_attr, const Tensor& radial,
                    const Tensor& radial_weight, const Tensor& src, const Tensor& dst,
                    c10::SymInt num_nodes, const Tensor& paths, const Tensor& cg_index,
                    const Tensor& cg_value, int64_t dim_out) {
-  return ConvRadial::apply(x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths,
-                           cg_index, cg_value, dim_out);
+  return ConvRadial<Ns>::apply(x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths,
+                               cg_index, cg_value, dim_out);
 }
 
+template <class Ns>
 Tensor conv_tabulated(const Tensor& x, const Tensor& edge_attr, const Tensor& r,
                       const Tensor& table, double step, const Tensor& src, const Tensor& dst,
                       c10::SymInt num_nodes, const Tensor& paths, const Tensor& cg_index,
@@ -315,37 +338,49 @@ Tensor conv_tabulated(const Tensor& x, const Tensor& edge_attr, const Tensor& r,
   // here, not in forward (which runs without grad mode)
   TORCH_CHECK(!(at::GradMode::is_enabled() && table.requires_grad()),
               "conv_tabulated: the table has no gradient (train the exact radial MLP)");
-  return ConvTabulated::apply(x, edge_attr, r, table, step, src, dst, num_nodes, paths, cg_index,
-                              cg_value, dim_out);
+  return ConvTabulated<Ns>::apply(x, edge_attr, r, table, step, src, dst, num_nodes, paths,
+                                  cg_index, cg_value, dim_out);
 }
 
+template <class Ns>
 Tensor scatter_sum(const Tensor& src, const Tensor& index, c10::SymInt dim_size) {
-  return ScatterSum::apply(src, index, dim_size);
+  return ScatterSum<Ns>::apply(src, index, dim_size);
 }
 
+template <class Ns>
 Tensor linear(const Tensor& x, const Tensor& w, const Species& species, const Tensor& paths,
               const Tensor& coeff, int64_t dim_out) {
-  return Linear::apply(x, w, species, paths, coeff, dim_out);
+  return Linear<Ns>::apply(x, w, species, paths, coeff, dim_out);
 }
 
+template <class Ns>
 Tensor symmetric_contraction(const Tensor& x, const Tensor& species, const Tensor& w,
                              const Tensor& monomials, const Tensor& pairs, const Tensor& entries,
                              const Tensor& coeff, const Tensor& out_cols) {
-  return SymmetricContraction::apply(x, species, w, monomials, pairs, entries, coeff, out_cols);
+  return SymmetricContraction<Ns>::apply(x, species, w, monomials, pairs, entries, coeff, out_cols);
 }
 
 }  // namespace
 
-// The Autograd alias key covers every backend (CPU, CUDA); fastcg/ops/_autograd.py skips the
-// Python registration of the seven ops it has when this kernel is present (conv_tabulated has
-// this one only).
+// The Autograd alias key covers every backend (CPU, CUDA). These are the forward ops' only
+// autograd: fastcg/ops registers the backward ops' (double backward), once for both namespaces.
 TORCH_LIBRARY_IMPL(fastcg, Autograd, m) {
-  m.impl("spherical_harmonics", &spherical_harmonics);
-  m.impl("tensor_product", &tensor_product);
-  m.impl("conv", &conv);
-  m.impl("conv_radial", &conv_radial);
-  m.impl("conv_tabulated", &conv_tabulated);
-  m.impl("scatter_sum", &scatter_sum);
-  m.impl("linear", &linear);
-  m.impl("symmetric_contraction", &symmetric_contraction);
+  m.impl("spherical_harmonics", &spherical_harmonics<Fastcg>);
+  m.impl("tensor_product", &tensor_product<Fastcg>);
+  m.impl("conv", &conv<Fastcg>);
+  m.impl("conv_radial", &conv_radial<Fastcg>);
+  m.impl("conv_tabulated", &conv_tabulated<Fastcg>);
+  m.impl("scatter_sum", &scatter_sum<Fastcg>);
+  m.impl("linear", &linear<Fastcg>);
+  m.impl("symmetric_contraction", &symmetric_contraction<Fastcg>);
+}
+
+// The Triton backend has the same ops but conv_radial / conv_tabulated (csrc/fastcg.cpp).
+TORCH_LIBRARY_IMPL(fastcg_triton, Autograd, m) {
+  m.impl("spherical_harmonics", &spherical_harmonics<FastcgTriton>);
+  m.impl("tensor_product", &tensor_product<FastcgTriton>);
+  m.impl("conv", &conv<FastcgTriton>);
+  m.impl("scatter_sum", &scatter_sum<FastcgTriton>);
+  m.impl("linear", &linear<FastcgTriton>);
+  m.impl("symmetric_contraction", &symmetric_contraction<FastcgTriton>);
 }

@@ -118,7 +118,7 @@ Chunks plan(const Tensor& edge_attr, const Tensor& radial, const Tensor& src, co
   if (E > 0) TORCH_CHECK(c.dst.min().item<int64_t>() >= 0, "conv_radial: dst has negative entries");
   const Tensor counts = at::bincount(c.dst, {}, num_nodes).cpu();
   // bincount grows past num_nodes exactly when some dst is out of range
-  TORCH_CHECK(counts.size(0) == num_nodes, "conv_radial: dst >= num_nodes");
+  TORCH_CHECK_INDEX(counts.size(0) == num_nodes, "conv_radial: dst >= num_nodes");
   const int64_t* cnt = counts.data_ptr<int64_t>();
   const int64_t budget = chunk_budget(dst.is_cuda());
   const int64_t target = std::max<int64_t>(1, budget / std::max<int64_t>(weight_numel, 1));

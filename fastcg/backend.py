@@ -74,12 +74,13 @@ def use_backend(name: str) -> Iterator[None]:
 
 @functools.cache
 def _triton_namespace() -> str | None:
-    """Import fastcg.triton (it registers the ``fastcg_triton`` ops) when it is available."""
+    """Import fastcg.triton (it registers the kernels of the ``fastcg_triton`` ops, whose schemas
+    the compiled library defines) when it is available."""
     try:
         importlib.import_module("fastcg.triton")
     except ImportError:
         return None
-    return "fastcg_triton" if hasattr(torch.ops.fastcg_triton, "tensor_product") else None
+    return "fastcg_triton" if _triton_has("fastcg_triton", "tensor_product") else None
 
 
 def _has_cuda_kernels(op: str = "tensor_product") -> bool:
@@ -88,7 +89,8 @@ def _has_cuda_kernels(op: str = "tensor_product") -> bool:
 
 
 def _triton_has(ns: str | None, op: str) -> bool:
-    return ns is not None and hasattr(getattr(torch.ops, ns), op)
+    """Whether the Triton backend has a kernel for ``op`` (the schema alone is not enough)."""
+    return ns is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"{ns}::{op}", "CUDA")
 
 
 @torch.jit.unused  # scripted models always call the compiled torch.ops.fastcg kernels

@@ -104,14 +104,20 @@ def test_scripted_model_runs_without_python_package(tmp_path):
     assert float(out.strip().splitlines()[-1]) == 0.0
 
 
+@pytest.mark.parametrize("ns", ["fastcg", "fastcg_triton"])
 @pytest.mark.parametrize("op", FORWARD_OPS)
-def test_forward_ops_have_cpp_autograd(op):
-    """The forward ops' autograd comes from the library; their backward ops' from Python."""
+def test_forward_ops_have_cpp_autograd(op, ns):
+    """The forward ops' autograd comes from the library, for the Triton ops too (one autograd);
+    their backward ops' from Python."""
+    if ns == "fastcg_triton" and op == "conv_radial":
+        assert not hasattr(torch.ops.fastcg_triton, op)  # Triton has no conv_radial
+        return
     has = torch._C._dispatch_has_kernel_for_dispatch_key
-    assert has(f"fastcg::{op}", "Autograd")
-    assert "autograd.cpp" in torch._C._dispatch_dump(f"fastcg::{op}")
+    assert has(f"{ns}::{op}", "Autograd")
+    dump = torch._C._dispatch_dump(f"{ns}::{op}")
+    assert "autograd.cpp" in dump and "Python" not in dump.split("Autograd[alias]")[-1][:80]
     if op != "scatter_sum":  # its backward is index_select
-        assert "autograd.cpp" not in torch._C._dispatch_dump(f"fastcg::{op}_backward")
+        assert "autograd.cpp" not in torch._C._dispatch_dump(f"{ns}::{op}_backward")
 
 
 def test_scripted_potential_energy_and_forces_without_python_package(tmp_path):

@@ -200,3 +200,12 @@ def _linear_paths(t: d.LinearTables) -> torch.Tensor:
 
 def _sc_monomials(t: d.SymmetricContractionTables) -> torch.Tensor:
     return t.monomials
+
+
+def test_mode_letters_match_cpp():
+    """The C++ kernels derive a mode's weight count and multiplicity rule from its letters
+    (csrc/core/common.h), as MODE_RULES does in Python: the same letters, in Mode's order."""
+    text = (CORE / "common.h").read_text()
+    (letters,) = re.findall(r'#define FASTCG_MODE_LETTERS "(\w+)"', text)
+    assert [letters[i : i + 3] for i in range(0, len(letters), 3)] == list(d.MODES)
+    assert all(d.MODE_RULES[m].name == m for m in d.MODES)

@@ -11,8 +11,20 @@
 
 namespace fastcg {
 
-// Connection modes, in the order of fastcg/descriptor.py MODES.
+// Connection modes, in the order of fastcg/descriptors MODES.
 enum Mode : int64_t { UVW = 0, UVU = 1, UUU = 2, UVV = 3, UUW = 4 };
+
+// A mode's rules come from its letters, the channel index of x1, x2 and the output (the Python
+// MODE_RULES derive theirs from the same letters; tests/test_table_columns.py compares them):
+// equal letters need equal multiplicities, and a path's weights hold one entry per combination
+// of its distinct letters.
+// uvw, uvu, uuu, uvv, uuw: the letters of Mode's members in order
+#define FASTCG_MODE_LETTERS "uvwuvuuuuuvvuuw"
+
+// (an unknown mode, which path_fault reports, reads as uvw: no bound is read past)
+FASTCG_HD char mode_letter(int64_t mode, int operand) {
+  return mode >= UVW && mode <= UUW ? FASTCG_MODE_LETTERS[3 * mode + operand] : "uvw"[operand];
+}
 
 // Columns of the int64 path table (fastcg/descriptor.py PATH_COLUMNS).
 enum PathCol : int64_t {

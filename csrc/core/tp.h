@@ -12,16 +12,31 @@
 
 namespace fastcg {
 
+// The three factors of a path's weight count (mode_letter): a letter's multiplicity the first
+// time it appears, 1 after that.
+FASTCG_HD void path_weight_factors(const int64_t* p, int64_t f[3]) {
+  const int64_t mode = p[P_MODE], mul[3] = {p[P_MUL1], p[P_MUL2], p[P_MULO]};
+  for (int i = 0; i < 3; ++i) {
+    f[i] = mul[i];
+    for (int j = 0; j < i; ++j)
+      if (mode_letter(mode, j) == mode_letter(mode, i)) f[i] = 1;
+  }
+}
+
 // Weights one path reads per row (its slice of the weight vector).
 FASTCG_HD int64_t path_weight_numel(const int64_t* p) {
-  const int64_t m1 = p[P_MUL1], m2 = p[P_MUL2], mo = p[P_MULO];
-  switch (p[P_MODE]) {
-    case UVW: return m1 * m2 * mo;
-    case UVU:
-    case UVV: return m1 * m2;
-    case UUW: return m1 * mo;
-    default: return m1;
-  }
+  int64_t f[3];
+  path_weight_factors(p, f);
+  return f[0] * f[1] * f[2];
+}
+
+// Whether the multiplicities fit the mode: equal letters, equal multiplicities.
+FASTCG_HD bool path_muls_fit(const int64_t* p) {
+  const int64_t mode = p[P_MODE], mul[3] = {p[P_MUL1], p[P_MUL2], p[P_MULO]};
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < i; ++j)
+      if (mode_letter(mode, j) == mode_letter(mode, i) && mul[i] != mul[j]) return false;
+  return true;
 }
 
 // Highest l a path table may hold: 2l + 1 and the CG indices then stay far from overflow, and a
@@ -54,16 +69,13 @@ FASTCG_HD int path_fault(const int64_t* p, const int64_t* ci, int64_t nnz, int64
   if (!block_fits(p[P_OFF1], m1, 2 * l1 + 1, d1)) return PATH_X1;
   if (!block_fits(p[P_OFF2], m2, 2 * l2 + 1, d2)) return PATH_X2;
   if (!block_fits(p[P_OFFO], mo, 2 * l3 + 1, dout)) return PATH_OUT;
-  const bool mul_ok = mode == UVW || (mode == UVU && mo == m1) || (mode == UVV && mo == m2) ||
-                      (mode == UUW && m1 == m2) || (mode == UUU && m1 == m2 && mo == m1);
-  if (!mul_ok) return PATH_MULS;
+  if (!path_muls_fit(p)) return PATH_MULS;
   const int64_t woff = p[P_WOFF];
   if (woff < 0 && mode == UVW) return PATH_NO_WEIGHTS;
   if (woff >= 0) {
-    // the factors of path_weight_numel, multiplied without overflow
-    const int64_t a = m1, b = (mode == UUU) ? 1 : (mode == UUW ? mo : m2);
-    const int64_t c = mode == UVW ? mo : 1;
-    if (woff > wn || !product_fits(a, b, c, wn - woff)) return PATH_WEIGHTS;
+    int64_t f[3];  // multiplied without overflow
+    path_weight_factors(p, f);
+    if (woff > wn || !product_fits(f[0], f[1], f[2], wn - woff)) return PATH_WEIGHTS;
   }
   const int64_t begin = p[P_CG_BEGIN], end = p[P_CG_END];
   if (begin < 0 || begin > end || end > nnz) return PATH_CG_ROWS;

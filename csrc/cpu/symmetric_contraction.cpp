@@ -99,8 +99,8 @@ Plan make_plan(const int64_t* sp, int64_t N, int64_t S) {
   Plan pl;
   std::vector<int64_t> start(S + 1, 0);
   for (int64_t b = 0; b < N; ++b) {
-    TORCH_CHECK(sp[b] >= 0 && sp[b] < S, "species[", b, "] = ", sp[b], " is out of range for ", S,
-                " species");
+    TORCH_CHECK_INDEX(sp[b] >= 0 && sp[b] < S, "species[", b, "] = ", sp[b],
+                      " is out of range for ", S, " species");
     ++start[sp[b] + 1];
   }
   pl.slot.assign(S, -1);

@@ -128,16 +128,17 @@ inline void check_weights(const at::Tensor& w, int64_t rows, const at::Tensor& l
               "weights must be contiguous [numel] or [", rows, ", numel]");
 }
 
-// Index tensors are validated at the Python boundary too; this O(E) pass keeps direct
-// torch.ops calls (TorchScript, C++) from writing out of bounds.
+// The one check of index values on CPU (the Python boundary checks metadata only, which costs
+// no pass over the data and no host sync on a GPU): an O(E) pass that keeps every caller, direct
+// torch.ops calls included, from reading or writing out of bounds. IndexError in Python.
 inline void check_index(const at::Tensor& idx, int64_t n, int64_t bound, const char* name) {
   check_cpu(idx, name);
   TORCH_CHECK(idx.dtype() == at::kLong && idx.dim() == 1 && idx.size(0) == n && idx.is_contiguous(),
               name, " must be a contiguous int64 tensor of shape [", n, "]");
   const int64_t* p = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i)
-    TORCH_CHECK(p[i] >= 0 && p[i] < bound, name, "[", i, "] = ", p[i], " is out of range [0, ",
-                bound, ")");
+    TORCH_CHECK_INDEX(p[i] >= 0 && p[i] < bound, name, "[", i, "] = ", p[i],
+                      " is out of range [0, ", bound, ")");
 }
 
 // A fresh empty tensor per masked output: outputs of one op must not alias each other.

@@ -1,11 +1,12 @@
 """Triton kernels behind the ``fastcg_triton`` op namespace (same schemas as ``fastcg``).
 
-Importing this module imports triton (an ImportError means "no Triton backend"), defines the
-``fastcg_triton`` library with the schemas of ``torch.ops.fastcg``, registers the launchers for
-CUDA tensors (and for CPU tensors, which only Triton's interpreter can run:
-``TRITON_INTERPRET=1`` set before this import), then adds the fake kernels and the autograd
-chain from ``fastcg.ops``. The launchers are plain custom-op kernels, not ``triton_op``: those
-fail opcheck / compile / export under the interpreter.
+Importing this module imports triton (an ImportError means "no Triton backend") and registers
+the launchers as the kernels of the ``fastcg_triton`` ops for CUDA tensors (and for CPU tensors,
+which only Triton's interpreter can run: ``TRITON_INTERPRET=1`` set before this import). The
+schemas of ``fastcg_triton`` and the forward ops' autograd come with the compiled library
+(csrc/fastcg.cpp, csrc/autograd.cpp); ``fastcg.ops`` then adds the fake kernels and the backward
+ops' autograd. The launchers are plain custom-op kernels, not ``triton_op``: those fail opcheck /
+compile / export under the interpreter.
 """
 
 from __future__ import annotations
@@ -42,11 +43,6 @@ KERNELS: dict[str, Callable] = {
 }
 
 
-def _schema(name: str) -> str:
-    schema = str(getattr(torch.ops.fastcg, name).default._schema)
-    return schema.removeprefix("fastcg::")
-
-
 def _on_cpu(name: str, fn: Callable) -> Callable:
     """CPU tensors reach Triton only under the interpreter; say so instead of crashing."""
 
@@ -62,9 +58,8 @@ def _on_cpu(name: str, fn: Callable) -> Callable:
     return run
 
 
-_lib = torch.library.Library(NAMESPACE, "DEF")
+_lib = torch.library.Library(NAMESPACE, "IMPL")
 for _name, _fn in KERNELS.items():
-    _lib.define(_schema(_name))
     _lib.impl(_name, _fn, "CUDA")
     _lib.impl(_name, _on_cpu(_name, _fn), "CPU")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._indices import check_index
 from .tensor_product import Rows, acc_dtype, deterministic, launch_product, plan, weight_grad
 
 
@@ -43,6 +44,8 @@ def conv(
     paths: Tensor, cg_index: Tensor, cg_value: Tensor, dim_out: int,
 ) -> Tensor:  # fmt: skip
     """``fastcg_triton::conv``: zeros(num_nodes, dim_out).index_add_(0, dst, TP(x[src], ...))."""
+    check_index(src, x.shape[0], "src")
+    check_index(dst, num_nodes, "dst")
     pl = plan(paths, cg_index, cg_value, x.dtype, x.device)
     x, y, w = x.contiguous(), edge_attr.contiguous(), weights.contiguous()
     out = torch.zeros(num_nodes, dim_out, dtype=acc_dtype(x.dtype), device=x.device)
@@ -62,6 +65,8 @@ def conv_backward(
     paths: Tensor, cg_index: Tensor, cg_value: Tensor, output_mask: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """``fastcg_triton::conv_backward``: (d x, d edge_attr, d weights), masked ones empty."""
+    check_index(src, x.shape[0], "src")
+    check_index(dst, grad_out.shape[0], "dst")
     pl = plan(paths, cg_index, cg_value, x.dtype, x.device)
     g, x, y, w = (t.contiguous() for t in (grad_out, x, edge_attr, weights))
     acc, num_edges = acc_dtype(x.dtype), y.shape[0]

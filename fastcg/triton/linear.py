@@ -22,6 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..descriptors import LinCol
+from ._indices import check_index
 from .tensor_product import PlanCache, _pow2, acc_dtype, interpreting, rows_of
 
 
@@ -160,6 +161,8 @@ def linear(
     dim_out: int,
 ) -> Tensor:  # fmt: skip
     """``fastcg_triton::linear`` of 2-D x [B, dim_in]."""
+    if species is not None:
+        check_index(species, weights.shape[0], "species")
     lp, coeff = _plan(paths, path_coeff, x.dtype, x.device)
     x, w = x.contiguous(), weights.contiguous()
     out = torch.zeros(x.shape[0], dim_out, dtype=acc_dtype(x.dtype), device=x.device)
@@ -199,6 +202,8 @@ def linear_backward(
     path_coeff: Tensor, output_mask: list[bool],
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``fastcg_triton::linear_backward``: (d x, d weights), masked ones empty."""
+    if species is not None:
+        check_index(species, weights.shape[0], "species")
     lp, coeff = _plan(paths, path_coeff, x.dtype, x.device)
     g, x, w = grad_out.contiguous(), x.contiguous(), weights.contiguous()
     dx = x.new_empty(0)

@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._indices import check_index
 from .conv import scatter_rows
 from .tensor_product import _pow2, acc_dtype, interpreting
 
@@ -46,6 +47,7 @@ def _scatter_kernel(
 
 def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     """``fastcg_triton::scatter_sum`` of 2-D ``src`` [E, F] (1-D is treated as [E, 1])."""
+    check_index(index, dim_size, "index")
     features = 1
     for size in src.shape[1:]:
         features *= size

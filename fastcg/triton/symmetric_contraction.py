@@ -34,6 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..descriptors import ScEntryCol, ScMonoCol, ScPairCol
+from ._indices import check_index
 from .tensor_product import PlanCache, _pow2, acc_dtype, interpreting, rows_of
 
 ROW_COLS = tl.constexpr(5)  # rows table: first term, end term, column base (x C), offset, stride
@@ -342,16 +343,9 @@ class Nodes:
 
 
 def check_species(species: Tensor, num_species: int) -> Tensor:
-    """The op boundary validates species; a direct call on CPU tensors (the interpreter, which
-    does not catch out-of-bounds reads) is checked here, on CUDA clamped (no host sync)."""
-    species = species.to(torch.int64).contiguous()
-    if species.device.type == "cpu" and species.numel() > 0:
-        lo, hi = int(species.min()), int(species.max())
-        if lo < 0 or hi >= num_species:
-            raise IndexError(f"species contains index {lo if lo < 0 else hi}, out of range for "
-                             f"{num_species} species")  # fmt: skip
-        return species
-    return species.clamp(0, max(num_species - 1, 0))
+    """``species`` as contiguous int64, its values checked (fastcg/triton/_indices.py)."""
+    check_index(species, num_species, "species")
+    return species.to(torch.int64).contiguous()
 
 
 def node_chunks(species: Tensor, num_species: int, size: int, exact: bool | None = None) -> Nodes:

@@ -308,3 +308,27 @@ def test_opcheck(triton_backend):
     torch.library.opcheck(ops.spherical_harmonics, (v, 2, True, "component"))
     src = torch.randn(5, 3, dtype=torch.float64)
     torch.library.opcheck(ops.scatter_sum, (src, torch.tensor([0, 1, 1, 3, 0]), 4))
+
+
+def test_launchers_check_index_values(triton_backend):
+    """Index values are checked by the kernels, not at the Python boundary: the Triton launchers
+    raise an IndexError naming the entry on CPU tensors (on a GPU: a device-side assert)."""
+    f64 = torch.float64
+    ops = torch.ops.fastcg_triton
+    src = torch.randn(5, 3, dtype=f64)
+    with pytest.raises(IndexError, match=r"index\[3\] = 4 is out of range \[0, 4\)"):
+        fastcg.scatter_sum(src, torch.tensor([0, 1, 1, 4, 0]), 4)
+    with pytest.raises(IndexError, match=r"index\[1\] = -1 is out of range"):
+        ops.scatter_sum(src, torch.tensor([0, -1, 1, 3, 0]), 4)
+    d = _descriptor("uvu")
+    x, y = torch.randn(3, d.dim1, dtype=f64), torch.randn(5, d.dim2, dtype=f64)
+    w, tables = torch.randn(5, d.weight_numel, dtype=f64), d.tensors()
+    good = torch.tensor([0, 1, 2, 0, 1])
+    with pytest.raises(IndexError, match=r"src\[3\] = 3 is out of range \[0, 3\)"):
+        ops.conv(x, y, w, torch.tensor([0, 1, 2, 3, 1]), good, 3, *tables, d.dim_out)
+    with pytest.raises(IndexError, match=r"dst\[0\] = 5 is out of range \[0, 3\)"):
+        ops.conv(x, y, w, good, torch.tensor([5, 1, 2, 0, 1]), 3, *tables, d.dim_out)
+    lin = fastcg.linear_descriptor("2x0e+1x1o", "3x0e+2x1o")
+    lx, lw = torch.randn(4, lin.dim_in, dtype=f64), torch.randn(3, lin.weight_numel, dtype=f64)
+    with pytest.raises(IndexError, match=r"species\[2\] = 3 is out of range \[0, 3\)"):
+        ops.linear(lx, lw, torch.tensor([0, 2, 3, 1]), *lin.tensors(), lin.dim_out)
