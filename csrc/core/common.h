@@ -11,7 +11,7 @@
 
 namespace fastcg {
 
-// Connection modes, in the order of fastcg/descriptors MODES.
+// Connection modes, in the order of fastcg/descriptors/tensor_product.py MODES.
 enum Mode : int64_t { UVW = 0, UVU = 1, UUU = 2, UVV = 3, UUW = 4 };
 
 // A mode's rules come from its letters, the channel index of x1, x2 and the output (the Python
@@ -26,7 +26,7 @@ FASTCG_HD char mode_letter(int64_t mode, int operand) {
   return mode >= UVW && mode <= UUW ? FASTCG_MODE_LETTERS[3 * mode + operand] : "uvw"[operand];
 }
 
-// Columns of the int64 path table (fastcg/descriptor.py PATH_COLUMNS).
+// Columns of the int64 path table (fastcg/descriptors/tensor_product.py PATH_COLUMNS).
 enum PathCol : int64_t {
   P_MODE = 0,
   P_L1,
@@ -44,7 +44,7 @@ enum PathCol : int64_t {
   P_NCOLS
 };
 
-// Columns of the int64 linear path table (fastcg/descriptor.py LINEAR_COLUMNS).
+// Columns of the int64 linear path table (fastcg/descriptors/linear.py LINEAR_COLUMNS).
 enum LinCol : int64_t { L_MUL_IN = 0, L_MUL_OUT, L_IR_DIM, L_OFF_IN, L_OFF_OUT, L_WOFF, L_NCOLS };
 
 // Table checks take any int64 entries (a corrupted table passed to torch.ops.fastcg directly),

@@ -37,13 +37,23 @@ def check_dims(t: Tensor, dims: int, name: str) -> None:
 
 
 def check_index(index: Tensor, name: str, size: int, ref: Tensor, size_name: str) -> Tensor:
-    """Validate an index tensor against [0, size) and return it as contiguous int64."""
+    """An index tensor's metadata (dtype, device, 1-D), returned as contiguous int64.
+
+    Its values are checked by the kernels (C++: IndexError; CUDA C++ and Triton: a device-side
+    assert, no host sync; the reference: :func:`check_index_values`), never here: that would
+    cost a pass over the data, and on a GPU a host sync, per call.
+    """
     if index.dtype != torch.int64 and index.dtype != torch.int32:
         raise TypeError(f"{name} must be an int64 or int32 tensor, got {index.dtype}")
     if index.device != ref.device:
         raise ValueError(f"{name} is on {index.device} but the features are on {ref.device}")
     if index.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {list(index.shape)}")
+    return index.to(torch.int64).contiguous()
+
+
+def check_index_values(index: Tensor, name: str, size: int, size_name: str) -> None:
+    """Every entry of ``index`` in ``[0, size)`` (the reference backend's check: a host sync)."""
     if index.numel() > 0 and not compiling():
         lo = int(index.min())
         hi = int(index.max())
@@ -51,7 +61,6 @@ def check_index(index: Tensor, name: str, size: int, ref: Tensor, size_name: str
             raise IndexError(f"{name} contains a negative index ({lo})")
         if hi >= size:
             raise IndexError(f"{name} contains index {hi}, out of range for {size_name}={size}")
-    return index.to(torch.int64).contiguous()
 
 
 def check_weights(w: Tensor | None, numel: int, like: Tensor, name: str) -> Tensor:

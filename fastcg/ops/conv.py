@@ -6,11 +6,11 @@ from torch import Tensor
 from .. import reference
 from ..backend import namespace
 from ..descriptors import TPDescriptor, TPTables
-from ._autograd import register_forward_autograd
 from ._checks import (
     check_dims,
     check_float,
     check_index,
+    check_index_values,
     check_last_dim,
     check_same,
     check_weights,
@@ -191,7 +191,9 @@ def _other(
     ns: str, x: Tensor, edge_attr: Tensor, w: Tensor, src: Tensor, dst: Tensor, num_nodes: int,
     tables: TPTables,
 ) -> Tensor:  # fmt: skip
-    if ns == "reference":
+    if ns == "reference":  # the only backend whose index values Python checks
+        check_index_values(src, "src", x.shape[0], "x.shape[0]")
+        check_index_values(dst, "dst", num_nodes, "num_nodes")
         return reference.conv(x, edge_attr, w, src, dst, num_nodes, tables)
     t = tables
     cg_value = t.cg_value.to(torch.float64)
@@ -255,16 +257,6 @@ def register(ns: str) -> None:
         inputs = (x, edge_attr, weights)
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, inputs))
 
-    def setup(ctx, inputs, output):
-        x, y, w, src, dst, _, paths, cg_index, cg_value, _ = inputs
-        ctx.save_for_backward(x, y, w, src, dst, paths, cg_index, cg_value)
-
-    def backward(ctx, grad):
-        x, y, w, src, dst, *tables = ctx.saved_tensors
-        mask = list(ctx.needs_input_grad[:3])
-        grads = ops.conv_backward(grad.contiguous(), x, y, w, src, dst, *tables, mask)
-        return *(g if m else None for g, m in zip(grads, mask)), *([None] * 7)
-
     def setup_backward(ctx, inputs, output):
         g, x, y, w, src, dst, paths, cg_index, cg_value, ctx.mask = inputs
         ctx.save_for_backward(g, x, y, w, src, dst, paths, cg_index, cg_value)
@@ -276,7 +268,6 @@ def register(ns: str) -> None:
         grads = double_backward(x, y, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
         return *grads, *([None] * 6)
 
-    register_forward_autograd(f"{ns}::conv", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::conv_backward", backward_backward, setup_context=setup_backward
     )
@@ -307,16 +298,6 @@ def register_radial(ns: str) -> None:
                        radial_weight=radial_weight, grad_out=grad_out)  # fmt: skip
         inputs = (x, edge_attr, radial, radial_weight)
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(mask, inputs))
-
-    def setup(ctx, inputs, output):
-        x, y, h, W, src, dst, _, paths, cg_index, cg_value, _ = inputs
-        ctx.save_for_backward(x, y, h, W, src, dst, paths, cg_index, cg_value)
-
-    def backward(ctx, grad):
-        x, y, h, W, src, dst, *tables = ctx.saved_tensors
-        mask = list(ctx.needs_input_grad[:4])
-        grads = ops.conv_radial_backward(grad.contiguous(), x, y, h, W, src, dst, *tables, mask)
-        return *(g if m else None for g, m in zip(grads, mask)), *([None] * 7)
 
     def setup_backward(ctx, inputs, output):
         g, x, y, h, W, src, dst, paths, cg_index, cg_value, ctx.mask = inputs
@@ -365,7 +346,6 @@ def register_radial(ns: str) -> None:
                 d_W = _add(d_W, tW[:k]) if m_W else d_W  # the ggh rows
         return d_g, d_x, d_y, d_h, d_W, *([None] * 6)
 
-    register_forward_autograd(f"{ns}::conv_radial", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::conv_radial_backward", backward_backward, setup_context=setup_backward
     )

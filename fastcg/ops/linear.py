@@ -6,10 +6,10 @@ from torch import Tensor
 from .. import reference
 from ..backend import namespace
 from ..descriptors import LinearDescriptor, LinearTables
-from ._autograd import register_forward_autograd
 from ._checks import (
     check_float,
     check_index,
+    check_index_values,
     check_last_dim,
     check_same,
     fake_dtype,
@@ -67,7 +67,9 @@ def linear(
 
 @torch.jit.unused
 def _other(ns: str, x: Tensor, w: Tensor, species: Tensor | None, tables: LinearTables) -> Tensor:
-    if ns == "reference":
+    if ns == "reference":  # the only backend whose index values Python checks
+        if species is not None:
+            check_index_values(species, "species", w.shape[0], "weights.shape[0]")
         return reference.linear(x, w, tables, species)
     coeff = tables.path_coeff.to(torch.float64)
     return getattr(torch.ops, ns).linear(x, w, species, tables.paths, coeff, tables.dim_out)
@@ -104,16 +106,6 @@ def register(ns: str) -> None:
         *tensors, species = ctx.saved_tensors
         return (*tensors, species if ctx.has_species else None)
 
-    def setup(ctx, inputs, output):
-        x, w, species, paths, coeff, _ = inputs
-        save(ctx, x, w, paths, coeff, species=species)
-
-    def backward(ctx, grad):
-        x, w, paths, coeff, species = saved(ctx)
-        mask = list(ctx.needs_input_grad[:2])
-        gx, gw = ops.linear_backward(grad.contiguous(), x, w, species, paths, coeff, mask)
-        return (gx if mask[0] else None), (gw if mask[1] else None), None, None, None, None
-
     def setup_backward(ctx, inputs, output):
         g, x, w, species, paths, coeff, ctx.mask = inputs
         save(ctx, g, x, w, paths, coeff, species=species)
@@ -140,7 +132,6 @@ def register(ns: str) -> None:
             d_w = tw if mask[1] else None
         return d_g, d_x, d_w, None, None, None, None
 
-    register_forward_autograd(f"{ns}::linear", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::linear_backward", backward_backward, setup_context=setup_backward
     )

@@ -5,8 +5,7 @@ from torch import Tensor
 
 from .. import reference
 from ..backend import namespace
-from ._autograd import register_forward_autograd
-from ._checks import check_float, check_index, fake_dtype, fake_same_device
+from ._checks import check_float, check_index, check_index_values, fake_dtype, fake_same_device
 
 
 def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
@@ -37,13 +36,14 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
 
 @torch.jit.unused
 def _other(ns: str, src: Tensor, index: Tensor, dim_size: int) -> Tensor:
-    if ns == "reference":
+    if ns == "reference":  # the only backend whose index values Python checks
+        check_index_values(index, "index", dim_size, "dim_size")
         return reference.scatter_sum(src, index, dim_size)
     return getattr(torch.ops, ns).scatter_sum(src, index, dim_size)
 
 
 def register(ns: str) -> None:
-    """Fake kernel and autograd for ``{ns}::scatter_sum``."""
+    """Fake kernel of ``{ns}::scatter_sum`` (its autograd, a gather, is csrc/autograd.cpp's)."""
 
     @torch.library.register_fake(f"{ns}::scatter_sum")
     def _(src, index, dim_size):
@@ -52,17 +52,6 @@ def register(ns: str) -> None:
         fake_dtype(op, torch.int64, index=index)
         # dim_size stays symbolic (SymInt): one graph for every number of nodes
         return src.new_empty([dim_size] + list(src.shape[1:]))
-
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-
-    def backward(ctx, grad):
-        # The transpose of a scatter is a gather; index_select is differentiable (its backward is
-        # index_add), which gives the double backward for free.
-        (index,) = ctx.saved_tensors
-        return grad.index_select(0, index), None, None
-
-    register_forward_autograd(f"{ns}::scatter_sum", backward, setup_context=setup)
 
 
 register("fastcg")

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from .. import reference
 from ..backend import namespace
-from ._autograd import register_forward_autograd
 from ._checks import check_float, check_last_dim, fake_dtype, fake_same_device
 
 NORMALIZATIONS = ("integral", "component", "norm")
@@ -186,15 +185,6 @@ def register(ns: str) -> None:
         fake_dtype(op, vectors.dtype, grad_sh=grad_sh, grad_grad_vectors=gg)
         return torch.empty_like(grad_sh), torch.empty_like(vectors)
 
-    def setup(ctx, inputs, output):
-        vectors, *ctx.args = inputs
-        ctx.save_for_backward(vectors)
-
-    def backward(ctx, grad):
-        (vectors,) = ctx.saved_tensors
-        gv = ops.spherical_harmonics_backward(grad.contiguous(), vectors, *ctx.args)
-        return gv, None, None, None
-
     def setup_backward(ctx, inputs, output):
         grad_sh, vectors, *ctx.args = inputs
         ctx.save_for_backward(grad_sh, vectors)
@@ -213,7 +203,6 @@ def register(ns: str) -> None:
     torch.library.register_autograd(
         f"{ns}::spherical_harmonics_double_backward", no_third_derivative
     )
-    register_forward_autograd(f"{ns}::spherical_harmonics", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::spherical_harmonics_backward", backward_backward, setup_context=setup_backward
     )

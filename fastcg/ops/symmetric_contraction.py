@@ -19,8 +19,14 @@ from ..descriptors.symmetric_contraction import (  # noqa: F401  (re-exported)
     symmetric_contraction_descriptor,
 )
 from ..irreps import channel_irreps, to_channels  # noqa: F401  (re-exported)
-from ._autograd import register_forward_autograd
-from ._checks import check_float, check_index, check_same, fake_dtype, fake_same_device
+from ._checks import (
+    check_float,
+    check_index,
+    check_index_values,
+    check_same,
+    fake_dtype,
+    fake_same_device,
+)
 
 
 def symmetric_contraction(
@@ -82,6 +88,7 @@ def _other(
         else getattr(getattr(torch.ops, ns), "symmetric_contraction", None)
     )
     if op is None:  # the reference, or a backend without this op
+        check_index_values(species, "species", weights.shape[0], "weights.shape[0]")
         return reference.symmetric_contraction(x, species, weights, tables)
     t = tables
     coeff = t.coeff.to(torch.float64)
@@ -122,15 +129,6 @@ def register(ns: str) -> None:
         inputs = (grad_out, x, weights)
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(mask, inputs))
 
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:3], *inputs[3:8])
-
-    def backward(ctx, grad):
-        x, species, w, *tables = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2]]
-        gx, gw = ops.symmetric_contraction_backward(grad.contiguous(), x, species, w, *tables, mask)
-        return (gx if mask[0] else None), None, (gw if mask[1] else None), *([None] * 5)
-
     def setup_backward(ctx, inputs, output):
         ctx.mask = inputs[9]
         ctx.save_for_backward(*inputs[:9])
@@ -148,7 +146,6 @@ def register(ns: str) -> None:
         return (dg if need[0] else None), (dx if need[1] else None), None, \
             (dw if need[2] else None), *([None] * 6)  # fmt: skip
 
-    register_forward_autograd(f"{ns}::symmetric_contraction", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::symmetric_contraction_backward", backward_backward, setup_context=setup_backward
     )

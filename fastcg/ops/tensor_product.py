@@ -6,7 +6,6 @@ from torch import Tensor
 from .. import reference
 from ..backend import namespace
 from ..descriptors import TPDescriptor, TPTables
-from ._autograd import register_forward_autograd
 from ._checks import (
     check_float,
     check_last_dim,
@@ -109,16 +108,6 @@ def register(ns: str) -> None:
         inputs = (x1, x2, weights)
         return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(output_mask, inputs))
 
-    def setup(ctx, inputs, output):
-        x1, x2, w, paths, cg_index, cg_value, _ = inputs
-        ctx.save_for_backward(x1, x2, w, paths, cg_index, cg_value)
-
-    def backward(ctx, grad):
-        x1, x2, w, *tables = ctx.saved_tensors
-        mask = list(ctx.needs_input_grad[:3])
-        grads = ops.tensor_product_backward(grad.contiguous(), x1, x2, w, *tables, mask)
-        return *(g if m else None for g, m in zip(grads, mask)), None, None, None, None
-
     def setup_backward(ctx, inputs, output):
         g, x1, x2, w, paths, cg_index, cg_value, ctx.mask = inputs
         ctx.save_for_backward(g, x1, x2, w, paths, cg_index, cg_value)
@@ -140,7 +129,6 @@ def register(ns: str) -> None:
         grads = double_backward(x1, x2, w, gg, tuple(ctx.needs_input_grad[:4]), fwd, bwd)
         return *grads, None, None, None, None
 
-    register_forward_autograd(f"{ns}::tensor_product", backward, setup_context=setup)
     torch.library.register_autograd(
         f"{ns}::tensor_product_backward", backward_backward, setup_context=setup_backward
     )
