@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import triton  # noqa: F401  (ImportError here: fastcg.backend treats Triton as unavailable)
 
-from .. import _C  # noqa: F401  (the schemas come from torch.ops.fastcg)
+from .. import _C  # noqa: F401  (defines the fastcg_triton schemas: csrc/fastcg.cpp)
 from . import conv, linear, scatter, spherical_harmonics, symmetric_contraction, tensor_product
 
 NAMESPACE = "fastcg_triton"
