@@ -36,7 +36,7 @@ def check_dims(t: Tensor, dims: int, name: str) -> None:
         raise ValueError(f"{name} must be {dims}-D, got shape {list(t.shape)}")
 
 
-def check_index(index: Tensor, name: str, size: int, ref: Tensor, size_name: str) -> Tensor:
+def check_index(index: Tensor, name: str, ref: Tensor) -> Tensor:
     """An index tensor's metadata (dtype, device, 1-D), returned as contiguous int64.
 
     Its values are checked by the kernels (C++: IndexError; CUDA C++ and Triton: a device-side

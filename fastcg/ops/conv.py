@@ -36,8 +36,8 @@ def _check_graph(
     for t, name in ((src, "src"), (dst, "dst")):
         if t.dim() != 1 or t.shape[0] != num_edges:
             raise ValueError(f"{name} must have shape [{num_edges}] (edges), got {list(t.shape)}")
-    src = check_index(src, "src", x.shape[0], x, "x.shape[0]")
-    dst = check_index(dst, "dst", num_nodes, x, "num_nodes")
+    src = check_index(src, "src", x)
+    dst = check_index(dst, "dst", x)
     return x.contiguous(), edge_attr.contiguous(), src, dst
 
 

@@ -53,7 +53,7 @@ def linear(
             raise ValueError(
                 f"species must have shape [{flat.shape[0]}], got {list(species.shape)}"
             )
-        species = check_index(species, "species", weights.shape[0], x, "weights.shape[0]")
+        species = check_index(species, "species", x)
     weights = weights.contiguous()
     shape = list(x.shape[:-1]) + [dim_out]
     if not torch.jit.is_scripting():

@@ -21,7 +21,7 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
         raise ValueError(f"dim_size must be >= 0, got {dim_size}")
     if index.dim() != 1 or index.shape[0] != src.shape[0]:
         raise ValueError(f"index must have shape [{src.shape[0]}], got {list(index.shape)}")
-    index = check_index(index, "index", dim_size, src, "dim_size")
+    index = check_index(index, "index", src)
     shape = [dim_size] + list(src.shape[1:])
     features = 1
     for n in src.shape[1:]:

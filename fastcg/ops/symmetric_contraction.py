@@ -65,7 +65,7 @@ def symmetric_contraction(
         )
     if species.dim() != 1 or species.shape[0] != x.shape[0]:
         raise ValueError(f"species must have shape [{x.shape[0]}], got {list(species.shape)}")
-    species = check_index(species, "species", weights.shape[0], x, "weights.shape[0]")
+    species = check_index(species, "species", x)
     x, weights = x.contiguous(), weights.contiguous()
     if not torch.jit.is_scripting():
         ns = namespace(x.is_cuda, "symmetric_contraction")
