@@ -360,27 +360,26 @@ Tensor symmetric_contraction(const Tensor& x, const Tensor& species, const Tenso
   return SymmetricContraction<Ns>::apply(x, species, w, monomials, pairs, entries, coeff, out_cols);
 }
 
+// The forward ops both namespaces have.
+template <class Ns>
+void impl_shared(torch::Library& m) {
+  m.impl("spherical_harmonics", &spherical_harmonics<Ns>);
+  m.impl("tensor_product", &tensor_product<Ns>);
+  m.impl("conv", &conv<Ns>);
+  m.impl("scatter_sum", &scatter_sum<Ns>);
+  m.impl("linear", &linear<Ns>);
+  m.impl("symmetric_contraction", &symmetric_contraction<Ns>);
+}
+
 }  // namespace
 
 // The Autograd alias key covers every backend (CPU, CUDA). These are the forward ops' only
 // autograd: fastcg/ops registers the backward ops' (double backward), once for both namespaces.
 TORCH_LIBRARY_IMPL(fastcg, Autograd, m) {
-  m.impl("spherical_harmonics", &spherical_harmonics<Fastcg>);
-  m.impl("tensor_product", &tensor_product<Fastcg>);
-  m.impl("conv", &conv<Fastcg>);
+  impl_shared<Fastcg>(m);
   m.impl("conv_radial", &conv_radial<Fastcg>);
   m.impl("conv_tabulated", &conv_tabulated<Fastcg>);
-  m.impl("scatter_sum", &scatter_sum<Fastcg>);
-  m.impl("linear", &linear<Fastcg>);
-  m.impl("symmetric_contraction", &symmetric_contraction<Fastcg>);
 }
 
-// The Triton backend has the same ops but conv_radial / conv_tabulated (csrc/fastcg.cpp).
-TORCH_LIBRARY_IMPL(fastcg_triton, Autograd, m) {
-  m.impl("spherical_harmonics", &spherical_harmonics<FastcgTriton>);
-  m.impl("tensor_product", &tensor_product<FastcgTriton>);
-  m.impl("conv", &conv<FastcgTriton>);
-  m.impl("scatter_sum", &scatter_sum<FastcgTriton>);
-  m.impl("linear", &linear<FastcgTriton>);
-  m.impl("symmetric_contraction", &symmetric_contraction<FastcgTriton>);
-}
+// The Triton backend has no conv_radial / conv_tabulated (csrc/fastcg.cpp).
+TORCH_LIBRARY_IMPL(fastcg_triton, Autograd, m) { impl_shared<FastcgTriton>(m); }
