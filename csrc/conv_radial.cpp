@@ -11,8 +11,10 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/bincount.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include "cpu/conv_radial.h"
@@ -21,6 +23,7 @@
 #include <array>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -30,6 +33,7 @@ namespace {
 using at::Tensor;
 using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
 using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using Tensor5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // Weight elements per chunk: CPU, 8 MB of float32 (the chunk's weights stay in cache between
 // the matmul that makes them and the kernel that reads them); CUDA, enough edges to fill the GPU.
@@ -235,6 +239,119 @@ Tensor4 conv_radial_backward(const Tensor& grad_out, const Tensor& x, const Tens
   return {gx, gy, gh, gW};
 }
 
+// conv_radial's double backward composed of the first-order ops, as fastcg/ops/conv.py composes
+// it on CUDA: for tables with weightless paths, which T(x, y, ggw) must leave out (the one-pass
+// kernel reads one plan of every path).
+Tensor5 composed_double_backward(const Tensor& g, const Tensor& x, const Tensor& y, const Tensor& h,
+                                 const Tensor& W, const std::optional<Tensor>& ggx_,
+                                 const std::optional<Tensor>& ggy_,
+                                 const std::optional<Tensor>& ggh_,
+                                 const std::optional<Tensor>& ggW_, const Tensor& src,
+                                 const Tensor& dst, const Tensor& paths, const Tensor& weighted,
+                                 const Tensor& cgi, const Tensor& cgv, std::array<bool, 5> n) {
+  const auto opt = [](const std::optional<Tensor>& t) {
+    return t.has_value() && t->defined() ? *t : Tensor();
+  };
+  const Tensor ggx = opt(ggx_), ggy = opt(ggy_), ggh = opt(ggh_), ggW = opt(ggW_);
+  const int64_t M = g.size(0), dout = g.size(1), k = h.size(1);
+  Tensor d[5] = {at::zeros_like(g), at::zeros_like(x), at::zeros_like(y), at::zeros_like(h),
+                 at::zeros_like(W)};
+  const auto add = [&](int i, const Tensor& t) { d[i].add_(t); };
+  struct Term {
+    Tensor a, b;
+    bool n_a, n_b;
+  };
+  std::vector<Term> terms;
+  if (ggx.defined()) terms.push_back({ggx, y, false, n[2]});
+  if (ggy.defined()) terms.push_back({x, ggy, n[1], false});
+  for (const auto& t : terms) {  // <ggx, T_a(g, y, w)> = <g, T(ggx, y, w)>, likewise for ggy
+    if (n[0]) add(0, conv_radial(t.a, t.b, h, W, src, dst, M, paths, cgi, cgv, dout));
+    if (t.n_a || t.n_b || n[3] || n[4]) {
+      const auto [ta, tb, th, tW] = conv_radial_backward(g, t.a, t.b, h, W, src, dst, paths, cgi,
+                                                         cgv, {t.n_a, t.n_b, n[3], n[4]});
+      if (t.n_a) add(1, ta);
+      if (t.n_b) add(2, tb);
+      if (n[3]) add(3, th);
+      if (n[4]) add(4, tW);
+    }
+  }
+  if (ggh.defined() || ggW.defined()) {
+    // <gw, ggw> over the weighted paths, ggw = [ggh | h] [W ; ggW]; through gw it also gives
+    // d radial = gw ggW^T and d W = ggh^T gw (that call's radial and W gradients)
+    const Tensor wp = paths.index_select(0, weighted.nonzero().squeeze(1)).contiguous();
+    const bool m_h = n[3] && ggW.defined(), m_W = n[4] && ggh.defined();
+    const Tensor r = !ggW.defined() ? ggh : !ggh.defined() ? h : at::cat({ggh, h}, 1);
+    const Tensor rw = !ggW.defined() ? W : !ggh.defined() ? ggW : at::cat({W, ggW}, 0);
+    if (n[0]) add(0, conv_radial(x, y, r, rw, src, dst, M, wp, cgi, cgv, dout));
+    if (n[1] || n[2] || m_h || m_W) {
+      const auto [tx, ty, th, tW] =
+          conv_radial_backward(g, x, y, r, rw, src, dst, wp, cgi, cgv, {n[1], n[2], m_h, m_W});
+      if (n[1]) add(1, tx);
+      if (n[2]) add(2, ty);
+      if (m_h) add(3, th.slice(1, th.size(1) - k));  // the ggW columns
+      if (m_W) add(4, tW.slice(0, 0, k));            // the ggh rows
+    }
+  }
+  for (int i = 0; i < 5; ++i)
+    if (!n[i]) d[i] = at::empty({0}, x.options());
+  return {d[0], d[1], d[2], d[3], d[4]};
+}
+
+// conv_radial's double backward (cpu/conv.cpp; the first-order ops compose it on CUDA, in
+// fastcg/ops/conv.py). The cotangents are those of conv_radial_backward's outputs.
+Tensor5 conv_radial_double_backward(
+    const Tensor& grad_out, const Tensor& x, const Tensor& edge_attr, const Tensor& radial,
+    const Tensor& radial_weight, const std::optional<Tensor>& grad_grad_x,
+    const std::optional<Tensor>& grad_grad_edge_attr, const std::optional<Tensor>& grad_grad_radial,
+    const std::optional<Tensor>& grad_grad_radial_weight, const Tensor& src, const Tensor& dst,
+    const Tensor& paths, const Tensor& cg_index, const Tensor& cg_value, std::array<bool, 5> mask) {
+  check_radial(x, edge_attr, radial, radial_weight, src, dst, paths, cg_index, cg_value);
+  TORCH_CHECK(x.device().is_cpu(), "conv_radial_double_backward: x must be a CPU tensor");
+  TORCH_CHECK(grad_out.device() == x.device(), "conv_radial_double_backward: grad_out is on ",
+              grad_out.device(), " but x is on ", x.device());
+  TORCH_CHECK(grad_out.dim() == 2,
+              "conv_radial_double_backward: grad_out must be [num_nodes, dim_out]");
+  const std::pair<const std::optional<Tensor>*, const char*> gg[] = {
+      {&grad_grad_x, "grad_grad_x"},
+      {&grad_grad_edge_attr, "grad_grad_edge_attr"},
+      {&grad_grad_radial, "grad_grad_radial"},
+      {&grad_grad_radial_weight, "grad_grad_radial_weight"}};
+  const Tensor* primal[] = {&x, &edge_attr, &radial, &radial_weight};
+  for (int i = 0; i < 4; ++i) {
+    const auto& [t, name] = gg[i];
+    if (!t->has_value() || !(*t)->defined()) continue;
+    TORCH_CHECK((*t)->device() == x.device(), "conv_radial_double_backward: ", name, " is on ",
+                (*t)->device(), " but x is on ", x.device());
+    TORCH_CHECK((*t)->scalar_type() == x.scalar_type(), "conv_radial_double_backward: ", name,
+                " has dtype ", (*t)->scalar_type(), " but x has ", x.scalar_type());
+    TORCH_CHECK((*t)->sizes() == primal[i]->sizes(), "conv_radial_double_backward: ", name,
+                " must have the shape of its primal, ", primal[i]->sizes(), ", got ",
+                (*t)->sizes());
+  }
+  check_graph_cpu(src, dst, x.size(0), grad_out.size(0));
+  const Tensor weighted = paths.dim() == 2 && paths.size(1) > fastcg::P_WOFF
+                              ? paths.select(1, fastcg::P_WOFF).ge(0)
+                              : Tensor();
+  if (weighted.defined() && !weighted.all().item<bool>())
+    return composed_double_backward(grad_out, x, edge_attr, radial, radial_weight, grad_grad_x,
+                                    grad_grad_edge_attr, grad_grad_radial, grad_grad_radial_weight,
+                                    src, dst, paths, weighted, cg_index, cg_value, mask);
+  const Chunks c = sorted_edges(edge_attr, radial, src, dst);
+  const auto get = [&](const std::optional<Tensor>& t, bool per_edge) {
+    if (!t.has_value() || !t->defined()) return Tensor();
+    Tensor v = t->contiguous();
+    return per_edge && c.perm.defined() && v.dim() >= 1 && v.size(0) == c.perm.size(0)
+               ? v.index_select(0, c.perm)
+               : v;
+  };
+  auto out = fastcg::conv_radial_double_backward_cpu(
+      grad_out.contiguous(), x, c.edge_attr, c.radial, radial_weight.contiguous(),
+      get(grad_grad_x, false), get(grad_grad_edge_attr, true), get(grad_grad_radial, true),
+      get(grad_grad_radial_weight, false), c.src, c.dst, paths, cg_index, cg_value, mask);
+  return {out[0], out[1], mask[2] ? unpermute(out[2], c.perm) : out[2],
+          mask[3] ? unpermute(out[3], c.perm) : out[3], out[4]};
+}
+
 // conv_tabulated: the conv with per-edge weights read from a cubic Hermite table of the radial
 // function at the edge lengths r (an opt-in approximation for MD, fastcg.nn.RadialFusedConv.
 // tabulate). CPU only; the backward gives grad r (first derivatives only).
@@ -295,6 +412,7 @@ Tensor3 conv_tabulated_backward(const Tensor& grad_out, const Tensor& x, const T
 TORCH_LIBRARY_IMPL(fastcg, CPU, m) {
   m.impl("conv_radial", &conv_radial);
   m.impl("conv_radial_backward", &conv_radial_backward);
+  m.impl("conv_radial_double_backward", &conv_radial_double_backward);
   m.impl("conv_tabulated", &conv_tabulated);
   m.impl("conv_tabulated_backward", &conv_tabulated_backward);
 }

@@ -67,6 +67,14 @@ const Schema kSchemas[] = {
      "Tensor radial_weight, Tensor src, Tensor dst, Tensor paths, Tensor cg_index, "
      "Tensor cg_value, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
      false},
+    // (grad of grad_out, x, edge_attr, radial, radial_weight) given the cotangents of
+    // conv_radial_backward's outputs; CPU, every path weighted (CUDA composes the ops above)
+    {"conv_radial_double_backward(Tensor grad_out, Tensor x, Tensor edge_attr, Tensor radial, "
+     "Tensor radial_weight, Tensor? grad_grad_x, Tensor? grad_grad_edge_attr, "
+     "Tensor? grad_grad_radial, Tensor? grad_grad_radial_weight, Tensor src, Tensor dst, "
+     "Tensor paths, Tensor cg_index, Tensor cg_value, bool[5] output_mask) "
+     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+     false},
 
     // conv with weights read from a cubic Hermite table [G + 1, 2, numel] (values, step-scaled
     // derivatives at r = i * step) at the edge lengths r [E]; CPU; first derivatives only

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from conftest import D, assert_close, rotation
@@ -101,6 +103,82 @@ def test_second_derivatives_from_some_first(first, chunk):
             assert (a is None or not a.any()) and (b is None or not b.any())
         else:
             assert_close(a, b)
+
+
+GG_NAMES = ("x", "edge_attr", "radial", "radial_weight")
+
+
+@pytest.mark.parametrize("sort", [False, True], ids=["unsorted", "sorted"])
+@pytest.mark.parametrize("case", ["uvu", "mixed"])
+def test_one_pass_double_backward_equals_composed(case, sort, dtype, chunk):
+    """``fastcg::conv_radial_double_backward`` (a CPU second derivative without create_graph)
+    equals the first-order ops composed in Python (what create_graph=True runs) for every subset
+    of the four cotangents and of the five outputs. "uvu" runs the one-pass kernel; "mixed" has
+    weightless paths, which the C++ op composes of the first-order kernels."""
+    desc, x, y, h, W, src, dst = radial_graph(case, 7, 40, dtype, k=4, sort=sort)
+    g = torch.randn(7, desc.dim_out, dtype=dtype)
+    primal = (g, x, y, h, W)
+    cot = [torch.randn_like(t) for t in (x, y, h, W)]
+    masks = [[True] * 5, [True, False, False, True, True], [False, True, True, False, False]]
+    for present in itertools.product([False, True], repeat=4):
+        if not any(present):
+            continue
+        gg = [c if p else None for c, p in zip(cot, present)]
+        inputs = [t.clone().requires_grad_(True) for t in primal]
+        first = torch.ops.fastcg.conv_radial_backward(*inputs, src, dst, *desc.tensors(),
+                                                      [True] * 4)  # fmt: skip
+        total = sum((f * c).sum() for f, c in zip(first, gg) if c is not None)
+        ref = torch.autograd.grad(total, inputs, allow_unused=True, create_graph=True)
+        for mask in masks:
+            out = torch.ops.fastcg.conv_radial_double_backward(*primal, *gg, src, dst,
+                                                              *desc.tensors(), mask)  # fmt: skip
+            for m, a, b, t in zip(mask, out, ref, primal):
+                if not m:
+                    assert a.numel() == 0
+                    continue
+                assert a.shape == t.shape
+                assert_close(a, torch.zeros_like(t) if b is None else b.detach())
+
+
+def _ops_run(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+@pytest.mark.parametrize("case", ["uvu", "mixed"])
+def test_which_double_backward_runs(case):
+    """Training on forces (a second derivative without create_graph) runs the C++ double
+    backward; create_graph=True composes the first-order ops (differentiable again)."""
+    desc, x, y, h, W, src, dst = radial_graph(case, 6, 25, F64, requires_grad=True)
+
+    def second(create_graph):
+        out = fastcg.conv_radial(x, y, h, W, src, dst, 6, desc)
+        gx, gy = torch.autograd.grad(out.square().sum(), (x, y), create_graph=True)
+        return lambda: torch.autograd.grad((gx.sum() + gy.sum()), (x, h, W),
+                                           create_graph=create_graph)  # fmt: skip
+
+    one_pass = "fastcg::conv_radial_double_backward"
+    assert one_pass in _ops_run(second(False))
+    assert one_pass not in _ops_run(second(True))
+    # the composed second derivative is differentiable once more
+    third = second(True)()
+    assert all(t.requires_grad for t in third)
+
+
+def test_one_pass_double_backward_bad_input():
+    desc, x, y, h, W, src, dst = radial_graph("small_modes", 4, 9, F64, k=3)
+    g = torch.randn(4, desc.dim_out, dtype=F64)
+    tables = desc.tensors()
+    op = torch.ops.fastcg.conv_radial_double_backward
+    with pytest.raises(RuntimeError, match="grad_grad_radial must have the shape of its primal"):
+        op(g, x, y, h, W, None, None, h[:, :2].contiguous(), None, src, dst, *tables, [True] * 5)
+    with pytest.raises(RuntimeError, match="grad_grad_x"):
+        op(g, x, y, h, W, x.float(), None, None, None, src, dst, *tables, [True] * 5)
+    bad = dst.clone()
+    bad[2] = 4
+    with pytest.raises(IndexError, match=r"dst\[2\] = 4"):
+        op(g, x, y, h, W, x, None, None, None, src, bad, *tables, [True] * 5)
 
 
 @pytest.mark.parametrize("case", ["small_uvu", "small_modes"])
@@ -228,4 +306,9 @@ def test_opcheck():
     torch.library.opcheck(
         torch.ops.fastcg.conv_radial_backward.default,
         (g, x, y, h, W, src, dst, *tables, [True, False, True, True]),
+    )
+    gg = (torch.randn_like(x), None, torch.randn_like(h), torch.randn_like(W))
+    torch.library.opcheck(
+        torch.ops.fastcg.conv_radial_double_backward.default,
+        (g.detach(), *(t.detach() for t in (x, y, h, W)), *gg, src, dst, *tables, [True] * 5),
     )

@@ -50,6 +50,7 @@ def op_args() -> dict[str, tuple]:
     sw, ssp = rand(2, sc.weight_numel, 2), torch.tensor([0, 1, 1])
     sg, sgg = rand(3, 2 * sc.dim_out), (rand(*sx.shape), rand(*sw.shape))
     radial_args = (x, y, radial, radial_w, src, dst, *tables)
+    cotangents = (rand(3, d1), rand(5, d2), rand(5, 2), rand(2, wn))  # of x, y, radial, radial_w
     r, table = torch.linspace(0.1, 1.9, 5, dtype=F64), rand(3, 2, wn)  # lengths inside [0, 2]
     tabulated_args = (x, y, r, table, 1.0, src, dst, *tables)
     v = rand(5, 3)
@@ -63,6 +64,15 @@ def op_args() -> dict[str, tuple]:
         "conv_backward": (rand(3, dout), x, y, we, src, dst, *tables, [True] * 3),
         "conv_radial": (*radial_args[:6], 3, *tables, dout),
         "conv_radial_backward": (rand(3, dout), *radial_args, [True] * 4),
+        "conv_radial_double_backward": (
+            rand(3, dout),
+            *radial_args[:4],
+            *cotangents,
+            src,
+            dst,
+            *tables,
+            [True] * 5,
+        ),
         "conv_tabulated": (*tabulated_args[:7], 3, *tables, dout),
         "conv_tabulated_backward": (rand(3, dout), *tabulated_args, [True] * 3),
         "scatter_sum": (rand(5, 2), dst, 3),
@@ -178,10 +188,12 @@ _TABLES = """
 from fastcg.descriptors import LINEAR_COLUMNS, MODES, PATH_COLUMNS, LinCol, PathCol
 from fastcg.descriptors import SC_ENTRY_COLUMNS, SC_MONO_COLUMNS, SC_PAIR_COLUMNS
 TP_OPS = ["tensor_product", "tensor_product_backward", "conv", "conv_backward", "conv_radial",
-          "conv_radial_backward", "conv_tabulated", "conv_tabulated_backward"]
+          "conv_radial_backward", "conv_radial_double_backward", "conv_tabulated",
+          "conv_tabulated_backward"]
 TP_TABLES = {  # position of (paths, cg_index, cg_value) and of the weights / dim_out
     "tensor_product": 3, "tensor_product_backward": 4, "conv": 6, "conv_backward": 6,
-    "conv_radial": 7, "conv_radial_backward": 7, "conv_tabulated": 8,
+    "conv_radial": 7, "conv_radial_backward": 7, "conv_radial_double_backward": 11,
+    "conv_tabulated": 8,
     "conv_tabulated_backward": 8,
 }
 
@@ -257,10 +269,19 @@ for name in ("tensor_product", "conv", "conv_radial"):
     expect_error(f"dim_out negative / {name}", tp_call(name, dim_out=-1))
 tp_case("weights one short", weights=lambda w: w[..., :-1].contiguous())
 tp_case("weights float32", weights=lambda w: w.float())
-for name in ("conv_radial", "conv_radial_backward"):
+for name in ("conv_radial", "conv_radial_backward", "conv_radial_double_backward"):
     args = list(base[name])
-    args[3] = args[3][:, :-1].contiguous()
+    at = 3 if name == "conv_radial" else 4
+    args[at] = args[at][:, :-1].contiguous()
     expect_error(f"radial_weight one short / {name}", lambda: getattr(ops, name)(*args))
+# the cotangents of conv_radial_backward's outputs: their primal's shape
+for k, name in enumerate(("grad_grad_x", "grad_grad_edge_attr", "grad_grad_radial",
+                          "grad_grad_radial_weight")):  # fmt: skip
+    args = list(base["conv_radial_double_backward"])
+    args[5 + k] = args[5 + k][:-1].contiguous()
+    expect_error(f"{name} one row short", lambda: ops.conv_radial_double_backward(*args), name)
+    args[5 + k] = args[5 + k].float()
+    expect_error(f"{name} float32", lambda: ops.conv_radial_double_backward(*args), name)
 
 # linear: paths int64 [P, 6] (mul_in, mul_out, ir_dim, off_in, off_out, w_off), path_coeff [P]
 lpaths, lcoeff = base["linear"][3:5]

@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
@@ -17,6 +18,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/tp.h"
@@ -181,7 +183,8 @@ struct BackwardChunk {
   const T *a, *aT, *b, *wp, *gp;
   T *gb, *gW, *rows;
   int64_t dout, rw;
-  int64_t e0 = 0;  // edge of wp's and gW's first row (conv_radial: a block's weights)
+  int64_t e0 = 0;    // edge of wp's and gW's first row (conv_radial: a block's weights)
+  bool zero = true;  // false: add to the per-edge outputs (the double backward sums terms)
 
   void node(int64_t n, T* acc, T* gT, Scratch<T>& sc) const {
     if (off[n] == off[n + 1]) return;
@@ -192,9 +195,9 @@ struct BackwardChunk {
       T* gae = rows ? rows + (t - off[n]) * rw : nullptr;
       T* gye = gb ? gb + e * c.d2 : nullptr;
       T* gwe = gW ? (c.shared ? acc : gW + (e - e0) * c.wn) : nullptr;
-      if (gae) std::fill(gae, gae + rw, T(0));
-      if (gye) std::fill(gye, gye + c.d2, T(0));
-      if (gwe && !c.shared) std::fill(gwe, gwe + c.wn, T(0));
+      if (gae && zero) std::fill(gae, gae + rw, T(0));
+      if (gye && zero) std::fill(gye, gye + c.d2, T(0));
+      if (gwe && zero && !c.shared) std::fill(gwe, gwe + c.wn, T(0));
       if (!pl.fast.empty())
         fast_backward(pl, ci, cv, aT + s[e] * pl.in_size, gT, b + e * c.d2, we, gae, gye, gwe, sc);
       for (int64_t q : pl.generic)
@@ -634,6 +637,151 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_weighted_backwar
     if (mask[0]) add_ir_mul_rows(pl, gaT.data(), c.N, c.d1, gx.data_ptr<scalar_t>());
   });
   return {gx, gy, ga, gb};
+}
+
+// conv_radial's double backward in one pass (see cpu/conv_radial.h): with w = h W and
+// ggw = ggh W + h ggW, d_g = T(ggx, y, w) + T(x, ggy, w) + T(x, y, ggw), d_x = T_a(g, ggy, w) +
+// T_a(g, y, ggw), d_y = T_b(g, ggx, w) + T_b(g, x, ggw), and through gw = T_c(ggx, y, g) +
+// T_c(x, ggy, g) and gw0 = T_c(x, y, g): d_h = gw W^T + gw0 ggW^T, d_W = h^T gw + ggh^T gw0.
+// A block's w and ggw are made once for every term and its gw / gw0 consumed at once: composed
+// of the first-order ops, each term made its own (11 radial GEMMs per MACE interaction, not 5).
+// Chunks, blocks and sums are conv_weighted_backward_cpu's: one order whatever the thread count.
+std::array<at::Tensor, 5> conv_radial_double_backward_cpu(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
+    const at::Tensor& W, const at::Tensor& ggx, const at::Tensor& ggy, const at::Tensor& ggh,
+    const at::Tensor& ggW, const at::Tensor& src, const at::Tensor& dst, const at::Tensor& paths,
+    const at::Tensor& cg_index, const at::Tensor& cg_value, std::array<bool, 5> mask) {
+  check_features(x, "x");
+  check_like(g, x, "grad_out");
+  TORCH_CHECK(g.dim() == 2 && g.is_contiguous(), "grad_out must be contiguous 2-D, got shape ",
+              g.sizes());
+  const int64_t dout = g.size(1), M = g.size(0);
+  const WeightSource ws{false, h, W};
+  const ConvArgs c = check_weighted(x, y, ws, src, dst, M, paths, cg_index, cg_value, dout);
+  const std::pair<const at::Tensor*, const at::Tensor*> gg[] = {
+      {&ggx, &x}, {&ggy, &y}, {&ggh, &h}, {&ggW, &W}};
+  const char* gg_names[] = {"grad_grad_x", "grad_grad_edge_attr", "grad_grad_radial",
+                            "grad_grad_radial_weight"};
+  for (int i = 0; i < 4; ++i) {
+    const auto [t, like] = gg[i];
+    if (!t->defined()) continue;
+    check_like(*t, x, gg_names[i]);
+    TORCH_CHECK(t->sizes() == like->sizes() && t->is_contiguous(), gg_names[i],
+                " must be contiguous of shape ", like->sizes(), ", got ", t->sizes());
+  }
+  const int64_t* pp = paths.data_ptr<int64_t>();
+  for (int64_t q = 0; q < paths.size(0); ++q)  // T(x, y, ggw) would count weightless paths
+    TORCH_CHECK(pp[q * P_NCOLS + P_WOFF] >= 0, "conv_radial_double_backward_cpu: path ", q,
+                " has no weights (csrc/conv_radial.cpp composes the first-order ops for those)");
+  const bool has_x = ggx.defined(), has_y = ggy.defined(), has_h = ggh.defined(),
+             has_W = ggW.defined(), uses_w = has_x || has_y, uses_gg = has_h || has_W;
+  const bool want_gw = uses_w && (mask[3] || mask[4]);
+  const bool want_gw0 = (has_h && mask[4]) || (has_W && mask[3]);
+  // the three forward terms (d_g) and the three backward ones, each (a, b, weights)
+  const bool f1 = mask[0] && has_x, f2 = mask[0] && has_y, f3 = mask[0] && uses_gg;
+  const bool b1 = has_y && (mask[1] || want_gw);                // (x, ggy, w)
+  const bool b2 = uses_gg && (mask[1] || mask[2] || want_gw0);  // (x, y, ggw)
+  const bool b3 = has_x && (mask[2] || want_gw);                // (ggx, y, w)
+  auto d_g = masked(mask[0], g), d_x = masked(mask[1], x), d_y = masked(mask[2], y),
+       d_h = masked(mask[3], h), d_W = masked(mask[4], W);
+  if (c.E == 0 || !(f1 || f2 || f3 || b1 || b2 || b3)) return {d_g, d_x, d_y, d_h, d_W};
+  const TPPlan pl = make_plan(paths, cg_index);
+  std::vector<int64_t> off, order;
+  csr(dst.data_ptr<int64_t>(), c.E, M, off, order);
+  TORCH_CHECK(is_identity(order), "conv_weighted_cpu: edges must be sorted by destination");
+  // ggw's source: [ggh | h] [W ; ggW]
+  const WeightSource ws2{false,
+                         has_h && has_W ? at::cat({ggh, h}, 1)
+                         : has_h        ? ggh
+                                        : h,
+                         has_h && has_W  ? at::cat({W, ggW}, 0)
+                         : has_h         ? W
+                         : ggW.defined() ? ggW
+                                         : W};
+  const int64_t wblock = weight_block(c.wn), block = std::max(wblock, max_degree(off));
+  const int64_t rw = mask[1] ? pl.in_size + (pl.generic.empty() ? 0 : c.d1) : 0;
+  const auto chunks = node_chunks(off, mask[1] ? kEdgeChunk : c.E);
+  int64_t max_chunk = 0;
+  for (size_t q = 0; q + 1 < chunks.size(); ++q)
+    max_chunk = std::max(max_chunk, off[chunks[q + 1]] - off[chunks[q]]);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_radial_double_backward", [&] {
+    using T = scalar_t;
+    const Weights<T> wsrc(ws), wsrc2(ws2);
+    const int64_t K = h.size(1), wn = c.wn;
+    const T* a = x.data_ptr<T>();
+    const T* b = y.data_ptr<T>();
+    const auto aT = rows_to_ir_mul(a, c.N, c.d1, pl.in, pl.in_size);
+    const T* gga = has_x ? ggx.data_ptr<T>() : nullptr;
+    const auto ggaT = has_x ? rows_to_ir_mul(gga, c.N, c.d1, pl.in, pl.in_size) : std::vector<T>();
+    const T* ggb = has_y ? ggy.data_ptr<T>() : nullptr;
+    T* gdy = mask[2] ? d_y.data_ptr<T>() : nullptr;
+    T* gdh = mask[3] ? d_h.data_ptr<T>() : nullptr;
+    T* gdg = mask[0] ? d_g.data_ptr<T>() : nullptr;
+    std::vector<T> rows(rw * max_chunk);
+    std::vector<T> gaT(mask[1] ? c.N * pl.in_size : 0);
+    ThreadBlocks<T> tb(block * wn, true), tb2(block * wn, true);
+    const int64_t *p = pp, *ci = cg_index.data_ptr<int64_t>(), *s = src.data_ptr<int64_t>();
+    const double* cv = cg_value.data_ptr<double>();
+    const ForwardRows<T> f0{pl, p, ci, s, order.data(), cv, a, aT.data(), b, c.d1, c.d2, dout};
+    ForwardRows<T> fx = f0, fy = f0;
+    fx.a = gga, fx.aT = ggaT.data(), fy.b = ggb;
+    const BackwardChunk<T> k0{
+        c,       pl,      p,         ci, s,       off.data(),      order.data(),
+        cv,      a,       aT.data(), b,  nullptr, g.data_ptr<T>(), nullptr,
+        nullptr, nullptr, dout,      rw};
+    for (size_t q = 0; q + 1 < chunks.size(); ++q) {
+      const int64_t n0 = chunks[q], n1 = chunks[q + 1];
+      const auto nodes = [&](int64_t r0, int64_t r1, T* acc) {
+        Scratch<T> sc(pl, pl.out_size);
+        std::vector<T> gT(pl.out_size);
+        T* wb = uses_w ? tb.get(tb.w) : nullptr;
+        T* gwb = want_gw ? tb.get(tb.gw) : nullptr;
+        T* ggwb = uses_gg ? tb2.get(tb2.w) : nullptr;
+        T* gw0b = want_gw0 ? tb2.get(tb2.gw) : nullptr;
+        BackwardChunk<T> k1 = k0, k2 = k0, k3 = k0;  // (x, ggy, w), (x, y, ggw), (ggx, y, w)
+        k1.b = ggb, k1.wp = wb, k1.gW = gwb, k1.zero = false;
+        k2.wp = ggwb, k2.gW = gw0b, k2.gb = gdy, k2.zero = false;
+        k3.a = gga, k3.aT = ggaT.data(), k3.wp = wb, k3.gW = gwb, k3.gb = gdy, k3.zero = false;
+        for (int64_t n = n0 + r0; n < n0 + r1;) {
+          const int64_t m = block_end(off, n, n0 + r1, wblock), e0 = off[n], e1 = off[m];
+          if (uses_w) wsrc.make(e0, e1, wb);
+          if (uses_gg) wsrc2.make(e0, e1, ggwb);
+          if (gwb) std::fill(gwb, gwb + (e1 - e0) * wn, T(0));
+          if (gw0b) std::fill(gw0b, gw0b + (e1 - e0) * wn, T(0));
+          k1.e0 = k2.e0 = k3.e0 = e0;
+          const auto w_of = [&](int64_t e) { return wb + (e - e0) * wn; };
+          const auto ggw_of = [&](int64_t e) { return ggwb + (e - e0) * wn; };
+          for (int64_t v = n; v < m; ++v) {
+            T* o = gdg ? gdg + v * dout : nullptr;
+            if (f1) fx.node(off[v], off[v + 1], w_of, sc, o);
+            if (f2) fy.node(off[v], off[v + 1], w_of, sc, o);
+            if (f3) f0.node(off[v], off[v + 1], ggw_of, sc, o);
+            T* rv = rw ? rows.data() + (off[v] - off[n0]) * rw : nullptr;
+            if (rv) std::fill(rv, rv + (off[v + 1] - off[v]) * rw, T(0));
+            k1.rows = k2.rows = rv;
+            if (b1) k1.node(v, nullptr, gT.data(), sc);
+            if (b2) k2.node(v, nullptr, gT.data(), sc);
+            if (b3) k3.node(v, nullptr, gT.data(), sc);
+          }
+          const int64_t ne = e1 - e0;
+          if (want_gw && gdh)  // d_h += gw W^T
+            gemm<T>('T', 'N', K, ne, wn, W.data_ptr<T>(), wn, gwb, wn, T(1), gdh + e0 * K, K);
+          if (want_gw && acc)  // d_W += h^T gw
+            gemm<T>('N', 'T', wn, K, ne, gwb, wn, h.data_ptr<T>() + e0 * K, K, T(1), acc, wn);
+          if (gw0b && has_W && gdh)  // d_h += gw0 ggW^T
+            gemm<T>('T', 'N', K, ne, wn, ggW.data_ptr<T>(), wn, gw0b, wn, T(1), gdh + e0 * K, K);
+          if (gw0b && has_h && acc)  // d_W += ggh^T gw0
+            gemm<T>('N', 'T', wn, K, ne, gw0b, wn, ggh.data_ptr<T>() + e0 * K, K, T(1), acc, wn);
+          n = m;
+        }
+      };
+      const int64_t width = mask[4] ? W.numel() : 0;
+      for_row_blocks<T>(n1 - n0, width, mask[4] ? d_W.data_ptr<T>() : nullptr, nodes);
+      if (rw) add_to_sources(k0, rows.data(), off[n0], off[n1], gaT.data(), d_x.data_ptr<T>());
+    }
+    if (mask[1]) add_ir_mul_rows(pl, gaT.data(), c.N, c.d1, d_x.data_ptr<T>());
+  });
+  return {d_g, d_x, d_y, d_h, d_W};
 }
 
 TORCH_LIBRARY_IMPL(fastcg, CPU, m) {

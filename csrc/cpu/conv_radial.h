@@ -36,4 +36,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_weighted_backwar
     const WeightSource& w, const at::Tensor& src, const at::Tensor& dst, const at::Tensor& paths,
     const at::Tensor& cg_index, const at::Tensor& cg_value, std::array<bool, 4> mask);
 
+// conv_radial's double backward: the gradients (grad_out, x, edge_attr, radial, radial_weight;
+// mask as those five) of <gg, conv_radial_backward(grad_out, ...)> given the cotangents gg of
+// its four outputs (undefined where absent), every path weighted.
+std::array<at::Tensor, 5> conv_radial_double_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& edge_attr,
+    const at::Tensor& radial, const at::Tensor& radial_weight, const at::Tensor& ggx,
+    const at::Tensor& ggy, const at::Tensor& ggh, const at::Tensor& ggW, const at::Tensor& src,
+    const at::Tensor& dst, const at::Tensor& paths, const at::Tensor& cg_index,
+    const at::Tensor& cg_value, std::array<bool, 5> mask);
+
 }  // namespace fastcg

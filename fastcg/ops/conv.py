@@ -276,6 +276,9 @@ def register(ns: str) -> None:
 def register_radial(ns: str) -> None:
     """Fake kernels and autograd for ``{ns}::conv_radial`` and its backward.
 
+    On the CPU, a backward whose own graph is not wanted (training on forces) runs the one-pass
+    ``conv_radial_double_backward``; otherwise the first-order ops compose it, as follows.
+
     The backward's own derivative (training on forces) runs on ``conv_radial`` and
     ``conv_radial_backward`` again, so the per-edge weights ``w = radial @ W`` and their gradient
     exist one chunk at a time here too. With ``gw = T_c(x, y, g)`` the weight gradient the
@@ -284,6 +287,7 @@ def register_radial(ns: str) -> None:
     [W ; gg_W]``: one more radial product, with twice the hidden width.
     """
     ops = getattr(torch.ops, ns)
+    fused = hasattr(ops, "conv_radial_double_backward")
 
     @torch.library.register_fake(f"{ns}::conv_radial")
     def _(x, edge_attr, radial, radial_weight, src, dst, num_nodes, paths, cgi, cgv, dim_out):
@@ -316,6 +320,12 @@ def register_radial(ns: str) -> None:
             return ops.conv_radial_backward(g, a, b, r, rw, src, dst, p, cg_index, cg_value, mask)
 
         d_g = d_x = d_y = d_h = d_W = None
+        if fused and not torch.is_grad_enabled() and g.device.type == "cpu":
+            # one pass making each block's weights once for all terms (no third derivative)
+            needs = [n_g, n_x, n_y, n_h, n_W]
+            out = ops.conv_radial_double_backward(g, x, y, h, W, ggx, ggy, ggh, ggW, src, dst,
+                                                  paths, cg_index, cg_value, needs)  # fmt: skip
+            return *(t if n else None for t, n in zip(out, needs)), *([None] * 6)
         # <ggx, T_a(g, y, w)> = <g, T(ggx, y, w)>, and likewise for ggy: trilinear terms
         terms = [(ggx, y, False, n_y)] if ggx is not None else []
         terms += [(x, ggy, n_x, False)] if ggy is not None else []
@@ -349,6 +359,19 @@ def register_radial(ns: str) -> None:
     torch.library.register_autograd(
         f"{ns}::conv_radial_backward", backward_backward, setup_context=setup_backward
     )
+
+    if fused:
+
+        @torch.library.register_fake(f"{ns}::conv_radial_double_backward")
+        def _(g, x, edge_attr, radial, radial_weight, ggx, ggy, ggh, ggW, src, dst, paths, cgi,
+              cgv, mask):  # fmt: skip
+            op = f"{ns}::conv_radial_double_backward"
+            fake_conv_args(op, x, edge_attr, None, src, dst, paths, cgi, cgv, radial=radial,
+                           radial_weight=radial_weight, grad_out=g, grad_grad_x=ggx,
+                           grad_grad_edge_attr=ggy, grad_grad_radial=ggh,
+                           grad_grad_radial_weight=ggW)  # fmt: skip
+            inputs = (g, x, edge_attr, radial, radial_weight)
+            return tuple(t.new_empty(list(t.shape) if m else [0]) for m, t in zip(mask, inputs))
 
 
 def register_tabulated(ns: str) -> None:
