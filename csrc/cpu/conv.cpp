@@ -478,6 +478,26 @@ inline int64_t block_end(const std::vector<int64_t>& off, int64_t n, int64_t end
   return m;
 }
 
+// The blocked backward's plan over destination-sorted edges: the CSR, the weight blocks, and
+// the chunks whose grad_x rows (rw values per edge) stay in cache between compute and scatter.
+struct WeightedPlan {
+  TPPlan pl;
+  std::vector<int64_t> off, order, chunks;
+  int64_t wblock = 0, block = 0, rw = 0, max_chunk = 0;
+
+  WeightedPlan(const at::Tensor& paths, const at::Tensor& cg_index, const at::Tensor& dst,
+               const ConvArgs& c, int64_t num_nodes, bool grad_x)
+      : pl(make_plan(paths, cg_index)) {
+    csr(dst.data_ptr<int64_t>(), c.E, num_nodes, off, order);
+    TORCH_CHECK(is_identity(order), "conv_weighted_cpu: edges must be sorted by destination");
+    wblock = weight_block(c.wn), block = std::max(wblock, max_degree(off));
+    rw = grad_x ? pl.in_size + (pl.generic.empty() ? 0 : c.d1) : 0;
+    chunks = node_chunks(off, grad_x ? kEdgeChunk : c.E);
+    for (size_t q = 0; q + 1 < chunks.size(); ++q)
+      max_chunk = std::max(max_chunk, off[chunks[q + 1]] - off[chunks[q]]);
+  }
+};
+
 }  // namespace
 
 void check_table_lengths(const at::Tensor& r, int64_t knots, double step) {
@@ -574,21 +594,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_weighted_backwar
   if (mask[2] && c.E == 0) ga.zero_();
   const bool want_gw = mask[2] || mask[3];
   if (c.E == 0 || !(mask[0] || mask[1] || want_gw)) return {gx, gy, ga, gb};
-  const TPPlan pl = make_plan(paths, cg_index);
-  std::vector<int64_t> off, order;
-  csr(dst.data_ptr<int64_t>(), c.E, M, off, order);
-  TORCH_CHECK(is_identity(order), "conv_weighted_cpu: edges must be sorted by destination");
-  const int64_t wblock = weight_block(c.wn), block = std::max(wblock, max_degree(off));
-  const int64_t rw = mask[0] ? pl.in_size + (pl.generic.empty() ? 0 : c.d1) : 0;
-  const auto chunks = node_chunks(off, mask[0] ? kEdgeChunk : c.E);
-  int64_t max_chunk = 0;
-  for (size_t q = 0; q + 1 < chunks.size(); ++q)
-    max_chunk = std::max(max_chunk, off[chunks[q + 1]] - off[chunks[q]]);
+  const WeightedPlan plan(paths, cg_index, dst, c, M, mask[0]);
+  const TPPlan& pl = plan.pl;
+  const auto &off = plan.off, &order = plan.order, &chunks = plan.chunks;
+  const int64_t wblock = plan.wblock, block = plan.block, rw = plan.rw;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_weighted_backward", [&] {
     const Weights<scalar_t> wsrc(ws);
     const scalar_t* a = x.data_ptr<scalar_t>();
     const auto aT = rows_to_ir_mul(a, c.N, c.d1, pl.in, pl.in_size);
-    std::vector<scalar_t> rows(rw * max_chunk);
+    std::vector<scalar_t> rows(rw * plan.max_chunk);
     std::vector<scalar_t> gaT(mask[0] ? c.N * pl.in_size : 0);
     ThreadBlocks<scalar_t> tb(block * c.wn, want_gw);
     scalar_t* gap = mask[2] ? ga.data_ptr<scalar_t>() : nullptr;
@@ -685,10 +699,10 @@ std::array<at::Tensor, 5> conv_radial_double_backward_cpu(
   auto d_g = masked(mask[0], g), d_x = masked(mask[1], x), d_y = masked(mask[2], y),
        d_h = masked(mask[3], h), d_W = masked(mask[4], W);
   if (c.E == 0 || !(f1 || f2 || f3 || b1 || b2 || b3)) return {d_g, d_x, d_y, d_h, d_W};
-  const TPPlan pl = make_plan(paths, cg_index);
-  std::vector<int64_t> off, order;
-  csr(dst.data_ptr<int64_t>(), c.E, M, off, order);
-  TORCH_CHECK(is_identity(order), "conv_weighted_cpu: edges must be sorted by destination");
+  const WeightedPlan plan(paths, cg_index, dst, c, M, mask[1]);
+  const TPPlan& pl = plan.pl;
+  const auto &off = plan.off, &order = plan.order, &chunks = plan.chunks;
+  const int64_t wblock = plan.wblock, block = plan.block, rw = plan.rw;
   // ggw's source: [ggh | h] [W ; ggW]
   const WeightSource ws2{false,
                          has_h && has_W ? at::cat({ggh, h}, 1)
@@ -698,12 +712,6 @@ std::array<at::Tensor, 5> conv_radial_double_backward_cpu(
                          : has_h         ? W
                          : ggW.defined() ? ggW
                                          : W};
-  const int64_t wblock = weight_block(c.wn), block = std::max(wblock, max_degree(off));
-  const int64_t rw = mask[1] ? pl.in_size + (pl.generic.empty() ? 0 : c.d1) : 0;
-  const auto chunks = node_chunks(off, mask[1] ? kEdgeChunk : c.E);
-  int64_t max_chunk = 0;
-  for (size_t q = 0; q + 1 < chunks.size(); ++q)
-    max_chunk = std::max(max_chunk, off[chunks[q + 1]] - off[chunks[q]]);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_radial_double_backward", [&] {
     using T = scalar_t;
     const Weights<T> wsrc(ws), wsrc2(ws2);
@@ -717,7 +725,7 @@ std::array<at::Tensor, 5> conv_radial_double_backward_cpu(
     T* gdy = mask[2] ? d_y.data_ptr<T>() : nullptr;
     T* gdh = mask[3] ? d_h.data_ptr<T>() : nullptr;
     T* gdg = mask[0] ? d_g.data_ptr<T>() : nullptr;
-    std::vector<T> rows(rw * max_chunk);
+    std::vector<T> rows(rw * plan.max_chunk);
     std::vector<T> gaT(mask[1] ? c.N * pl.in_size : 0);
     ThreadBlocks<T> tb(block * wn, true), tb2(block * wn, true);
     const int64_t *p = pp, *ci = cg_index.data_ptr<int64_t>(), *s = src.data_ptr<int64_t>();
