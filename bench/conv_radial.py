@@ -5,7 +5,14 @@ h is the radial MLP's last hidden layer [E, 64], W its last layer [64, weight_nu
 gradient (fwd+bwd) is taken w.r.t. x, h and the edge vectors (what forces need), not W. Each
 variant runs in its own process, so peak memory is its own.
 
+``--second`` times what force training adds: forward, the first derivatives with create_graph,
+and the derivative of a random linear function of them w.r.t. x, h, the edge vectors and W.
+``fastcg-radial`` takes that second derivative without create_graph (the one-pass
+``conv_radial_double_backward``), ``fastcg-radial-composed`` with it (the first-order ops
+composed, as on CUDA).
+
     python bench/conv_radial.py [--problem conv-64x3] [--libraries fastcg-radial fastcg e3nn]
+    python bench/conv_radial.py --second --libraries fastcg-radial fastcg-radial-composed fastcg
 """
 
 from __future__ import annotations
@@ -55,15 +62,16 @@ def _fn(lib: str, p, t: dict, dtype):
 
     def fastcg_fn(x, h, v):
         y = fastcg.spherical_harmonics(v, lmax, True, "component")
-        if lib == "fastcg-radial":
+        if lib.startswith("fastcg-radial"):
             return fastcg.conv_radial(x, y, h, t["W"], t["src"], t["dst"], n, d)
         return fastcg.conv(x, y, h @ t["W"], t["src"], t["dst"], n, d)
 
     return fastcg_fn
 
 
-def measure(lib: str, problem: str, dtype_name: str, threads: int) -> dict:
-    """Median ms and peak RSS growth of one library's forward and forward+backward."""
+def measure(lib: str, problem: str, dtype_name: str, threads: int, second: bool) -> dict:
+    """Median ms and peak RSS growth of one library's forward and forward+backward, or with
+    ``second`` of forward, backward and second derivative."""
     from torch.utils import benchmark
 
     torch.set_num_threads(threads)
@@ -82,12 +90,29 @@ def measure(lib: str, problem: str, dtype_name: str, threads: int) -> dict:
         out = fn(*grad_args)
         return torch.autograd.grad(out, grad_args, torch.ones_like(out))
 
+    gen = torch.Generator().manual_seed(2)
+    cot = [torch.randn(a.shape, generator=gen, dtype=dtype) for a in args]
+
+    def fwd_bwd_2nd():
+        out = fn(*grad_args)
+        first = torch.autograd.grad(out, grad_args, torch.ones_like(out), create_graph=True)
+        total = sum((f * c).sum() for f, c in zip(first, cot))
+        wrt = [*grad_args, t["W"]]
+        return torch.autograd.grad(total, wrt, create_graph=lib.endswith("-composed"))
+
     out = {"library": lib, "out": fwd()[:4].tolist()}
-    for name, f in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+    steps = (("fwd", fwd), ("fwd+bwd", fwd_bwd))
+    if second:
+        t["W"].requires_grad_(True)  # training: W's gradient too (after the first-order timings)
+        out["out"] = [g.flatten()[:4].tolist() for g in fwd_bwd_2nd()]
+        steps = (("2nd", fwd_bwd_2nd),)
+    for name, f in steps:
         out[f"{name}_mb"] = _peak_growth_mb(f)
         f()  # steady state, as in MD: glibc has adapted its mmap threshold to the big buffers
         timer = benchmark.Timer("f()", globals={"f": f}, num_threads=threads)
-        out[f"{name}_ms"] = timer.blocked_autorange(min_run_time=2.0).median * 1e3
+        # a second-derivative step takes seconds: at least 5 of them for a median
+        min_time = 10.0 if second else 2.0
+        out[f"{name}_ms"] = timer.blocked_autorange(min_run_time=min_time).median * 1e3
     return out
 
 
@@ -97,15 +122,17 @@ def main() -> int:
     ap.add_argument("--libraries", nargs="+", default=["fastcg-radial", "fastcg", "e3nn"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--second", action="store_true", help="time the second derivative too")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(measure(a.child, a.problem, a.dtype, a.threads)))
+        print(json.dumps(measure(a.child, a.problem, a.dtype, a.threads, a.second)))
         return 0
     rows = []
     for lib in a.libraries:
         cmd = [sys.executable, __file__, "--child", lib, "--problem", a.problem, "--dtype",
                a.dtype, "--threads", str(a.threads)]  # fmt: skip
+        cmd += ["--second"] if a.second else []
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             print(run.stderr[-2000:], file=sys.stderr)
@@ -117,6 +144,14 @@ def main() -> int:
     p = problems.ALL[a.problem]
     print(f"{a.problem}: {p.num_nodes} nodes, {p.num_edges} edges, radial hidden {HIDDEN}, "
           f"{a.dtype}, {a.threads} threads")  # fmt: skip
+    if a.second:
+        base = rows[0]["2nd_ms"]
+        print("| library | fwd + bwd + 2nd ms | peak MB | vs first |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['library']} | {r['2nd_ms']:.1f} | {r['2nd_mb']:.0f} | "
+                  f"{r['2nd_ms'] / base:.2f}x |")  # fmt: skip
+        return 0
     print("| library | fwd ms | fwd peak MB | fwd+bwd ms | fwd+bwd peak MB |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
