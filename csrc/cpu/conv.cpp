@@ -67,6 +67,14 @@ ConvArgs check_conv(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
   return c;
 }
 
+// The backward ops' features and grad_out: contiguous 2-D, of x's dtype and device.
+void check_grad_out(const at::Tensor& g, const at::Tensor& x) {
+  check_features(x, "x");
+  check_like(g, x, "grad_out");
+  TORCH_CHECK(g.dim() == 2 && g.is_contiguous(), "grad_out must be contiguous 2-D, got shape ",
+              g.sizes());
+}
+
 // The forward of one destination node: the messages of its edges (destination-order positions
 // [t0, t1)) summed into its output row o, the fast paths through the ir_mul accumulator;
 // weight(e) points at edge e's weights.
@@ -217,10 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
     const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, const at::Tensor& w,
     const at::Tensor& src, const at::Tensor& dst, const at::Tensor& paths,
     const at::Tensor& cg_index, const at::Tensor& cg_value, std::array<bool, 3> mask) {
-  check_features(x, "x");
-  check_like(g, x, "grad_out");
-  TORCH_CHECK(g.dim() == 2 && g.is_contiguous(), "grad_out must be contiguous 2-D, got shape ",
-              g.sizes());
+  check_grad_out(g, x);
   const int64_t dout = g.size(1), M = g.size(0);
   const ConvArgs c = check_conv(x, y, w, src, dst, M, paths, cg_index, cg_value, dout);
   // Per-edge outputs are zeroed row by row inside the edge loop (each edge is visited once):
@@ -580,10 +585,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> conv_weighted_backwar
     const at::Tensor& g, const at::Tensor& x, const at::Tensor& y, const WeightSource& ws,
     const at::Tensor& src, const at::Tensor& dst, const at::Tensor& paths,
     const at::Tensor& cg_index, const at::Tensor& cg_value, std::array<bool, 4> mask) {
-  check_features(x, "x");
-  check_like(g, x, "grad_out");
-  TORCH_CHECK(g.dim() == 2 && g.is_contiguous(), "grad_out must be contiguous 2-D, got shape ",
-              g.sizes());
+  check_grad_out(g, x);
   const int64_t dout = g.size(1), M = g.size(0);
   const ConvArgs c = check_weighted(x, y, ws, src, dst, M, paths, cg_index, cg_value, dout);
   TORCH_CHECK(!(mask[3] && ws.table), "conv_tabulated: the table has no gradient");
@@ -665,10 +667,7 @@ std::array<at::Tensor, 5> conv_radial_double_backward_cpu(
     const at::Tensor& W, const at::Tensor& ggx, const at::Tensor& ggy, const at::Tensor& ggh,
     const at::Tensor& ggW, const at::Tensor& src, const at::Tensor& dst, const at::Tensor& paths,
     const at::Tensor& cg_index, const at::Tensor& cg_value, std::array<bool, 5> mask) {
-  check_features(x, "x");
-  check_like(g, x, "grad_out");
-  TORCH_CHECK(g.dim() == 2 && g.is_contiguous(), "grad_out must be contiguous 2-D, got shape ",
-              g.sizes());
+  check_grad_out(g, x);
   const int64_t dout = g.size(1), M = g.size(0);
   const WeightSource ws{false, h, W};
   const ConvArgs c = check_weighted(x, y, ws, src, dst, M, paths, cg_index, cg_value, dout);
